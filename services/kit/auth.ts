@@ -1,0 +1,116 @@
+// Verifies access tokens locally in every service and applies the per-rpc access policy
+// declared in the contract (`option (vouch.options.v1.access)`), before any handler runs.
+import type { Interceptor } from "@connectrpc/connect";
+import { getOption, type DescMethod } from "@bufbuild/protobuf";
+import {
+  createRemoteJWKSet,
+  decodeProtectedHeader,
+  errors as joseErrors,
+  jwtVerify,
+  type JWTVerifyGetKey,
+} from "jose";
+import { access, Access } from "../../gen/vouch/options/v1/options_pb.js";
+import { callerKey, type Caller } from "./context.js";
+import { permissionDenied, unauthenticated } from "./errors.js";
+
+/** Asymmetric algorithms only; pinned so that `alg: none` or HS256-with-the-public-key can never verify. */
+export const ACCESS_TOKEN_ALGORITHMS = ["EdDSA"];
+export const ACCESS_TOKEN_TYPE = "at+jwt";
+
+export interface TokenVerifierOptions {
+  issuer: string;
+  audience: string;
+  /** Where to get auth's public keys: its JWKS URL (cached, refetched on an unknown `kid`) or a key getter. */
+  keys: URL | JWTVerifyGetKey;
+  /** Lets auth refuse tokens issued before a password change or logout-everywhere. */
+  isRevoked?: (caller: Caller) => Promise<boolean>;
+}
+
+export interface TokenVerifier {
+  verify(token: string): Promise<Caller>;
+}
+
+// Headers that would let a token name its own key: never honoured.
+const KEY_SELECTING_HEADERS = ["jku", "jwk", "x5u", "x5c"] as const;
+
+export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
+  const keys =
+    opts.keys instanceof URL
+      ? createRemoteJWKSet(opts.keys, { cooldownDuration: 5_000, cacheMaxAge: 10 * 60_000, timeoutDuration: 3_000 })
+      : opts.keys;
+  return {
+    async verify(token) {
+      let header;
+      try {
+        header = decodeProtectedHeader(token);
+      } catch {
+        throw unauthenticated("TOKEN_INVALID", "access token is malformed");
+      }
+      if (KEY_SELECTING_HEADERS.some((h) => h in header)) {
+        throw unauthenticated("TOKEN_INVALID", "access token names its own key");
+      }
+      if (!header.kid) throw unauthenticated("TOKEN_INVALID", "access token has no key id");
+      try {
+        const { payload } = await jwtVerify(token, keys, {
+          issuer: opts.issuer,
+          audience: opts.audience,
+          algorithms: ACCESS_TOKEN_ALGORITHMS,
+          typ: ACCESS_TOKEN_TYPE,
+          requiredClaims: ["exp", "iat", "sub", "jti"],
+        });
+        const caller: Caller = {
+          subject: String(payload.sub),
+          roles: Array.isArray(payload.roles) ? payload.roles.map(String) : [],
+          tokenId: String(payload.jti),
+          phoneNumber: typeof payload.phone_number === "string" ? payload.phone_number : undefined,
+          issuedAt: new Date(Number(payload.iat) * 1000),
+          expiresAt: new Date(Number(payload.exp) * 1000),
+        };
+        if (opts.isRevoked && (await opts.isRevoked(caller))) {
+          throw unauthenticated("TOKEN_REVOKED", "access token has been revoked");
+        }
+        return caller;
+      } catch (err) {
+        if (err instanceof joseErrors.JWTExpired) throw unauthenticated("TOKEN_EXPIRED", "access token has expired");
+        if (err instanceof joseErrors.JOSEError) throw unauthenticated("TOKEN_INVALID", "access token is not valid");
+        throw err;
+      }
+    },
+  };
+}
+
+/** The access policy an rpc declares; undeclared means "authenticated", the safe default. */
+export function accessOf(method: DescMethod): Access {
+  const declared = getOption(method, access);
+  return declared === Access.UNSPECIFIED ? Access.AUTHENTICATED : declared;
+}
+
+/**
+ * Enforces each rpc's declared policy. Services outside `vouch.` (health, reflection) are
+ * infrastructure and public. A token that is present is always verified, even on a public
+ * rpc, so handlers may personalise answers.
+ */
+export function authInterceptor(verifier: TokenVerifier): Interceptor {
+  return (next) => async (req) => {
+    const infrastructure = !req.service.typeName.startsWith("vouch.");
+    const policy = infrastructure ? Access.PUBLIC : accessOf(req.method);
+    const authorization = req.header.get("authorization");
+    if (authorization) {
+      const match = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization);
+      if (!match) throw unauthenticated("TOKEN_INVALID", "authorization header must be 'Bearer <token>'");
+      req.contextValues.set(callerKey, await verifier.verify(match[1]));
+    } else if (policy !== Access.PUBLIC) {
+      throw unauthenticated("TOKEN_MISSING", "this rpc requires an access token");
+    }
+    const caller = req.contextValues.get(callerKey);
+    // Services act on behalf of admins (promotion creating the book behind a campaign),
+    // so a service token passes where an admin token does.
+    if (policy === Access.ADMIN && !caller?.roles.some((r) => r === "ADMIN" || r === "SERVICE")) {
+      throw permissionDenied("ADMIN_REQUIRED", "this rpc requires the ADMIN role");
+    }
+    if (policy === Access.SERVICE && !caller?.roles.includes("SERVICE")) {
+      throw permissionDenied("SERVICE_REQUIRED", "this rpc is for Vouch services only");
+    }
+    return next(req);
+  };
+}

@@ -1,0 +1,99 @@
+// Postgres access for every service: one kysely instance over a pg pool whose sessions
+// start with `search_path` set to the service's own schema, so stores and migrations use
+// unqualified table names and can never wander into another service's tables by accident.
+//
+// pg returns int8/numeric as strings and we leave it so: a store converts at its boundary
+// (to bigint for protobuf int64), once, instead of a global type parser silently losing
+// precision above 2^53.
+import { Kysely, PostgresDialect } from "kysely";
+import pg from "pg";
+import { createLogger, type Logger } from "./log.js";
+
+const IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** Throws unless `name` is a plain lower-case Postgres identifier (safe to splice into SQL unquoted). */
+export function assertIdentifier(name: string, what = "identifier"): string {
+  if (!IDENTIFIER.test(name)) {
+    throw new Error(`${what} "${name}" must match ${IDENTIFIER} (lower-case letters, digits, underscores)`);
+  }
+  return name;
+}
+
+export interface CreateDbOptions {
+  /** postgres://user@host:port/database */
+  url: string;
+  /** The schema this service owns; becomes the session's search_path. */
+  schema: string;
+  /** Pool size (default 10). */
+  max?: number;
+  /** Shows up in pg_stat_activity, which makes "who holds this lock?" answerable. */
+  applicationName?: string;
+  log?: Logger;
+}
+
+export function createDb<DB>(opts: CreateDbOptions): Kysely<DB> {
+  const schema = assertIdentifier(opts.schema, "schema");
+  const log = opts.log ?? createLogger("db");
+  const pool = new pg.Pool({
+    connectionString: opts.url,
+    max: opts.max ?? 10,
+    options: `-c search_path=${schema}`,
+    application_name: opts.applicationName ?? `vouch-${schema}`,
+    idleTimeoutMillis: 30_000,
+    connectionTimeoutMillis: 10_000,
+  });
+  // An idle client whose server went away emits 'error' on the pool; without a listener
+  // that is an uncaught exception. The pool already discards the client, so we only log.
+  pool.on("error", (err) =>
+    log.warn({ err: { message: err.message, code: (err as { code?: string }).code }, schema }, "postgres pool: idle connection failed"),
+  );
+  return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+}
+
+/** The same URL pointing at another database on the same server. */
+export function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${encodeURIComponent(database)}`;
+  return u.toString();
+}
+
+export function databaseName(url: string): string {
+  const name = decodeURIComponent(new URL(url).pathname.replace(/^\//, ""));
+  if (!name) throw new Error(`database URL ${redactUrl(url)} names no database`);
+  return name;
+}
+
+export function redactUrl(url: string): string {
+  const u = new URL(url);
+  if (u.password) u.password = "***";
+  return u.toString();
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/**
+ * Creates the database named by `url` if it does not exist, through the `postgres`
+ * maintenance database. Safe when several processes race to create the same one.
+ */
+export async function ensureDatabase(url: string): Promise<void> {
+  const name = databaseName(url);
+  const client = new pg.Client({ connectionString: withDatabase(url, "postgres") });
+  client.on("error", () => {}); // a failure surfaces through the awaited query below
+  await client.connect();
+  try {
+    const found = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]);
+    if (found.rowCount) return;
+    try {
+      await client.query(`CREATE DATABASE ${quoteIdent(name)}`);
+    } catch (err) {
+      // 42P04 duplicate_database; two concurrent CREATEs can also collide on the catalog's
+      // unique index (23505) before either sees the other's row.
+      const code = (err as { code?: string }).code;
+      if (code !== "42P04" && code !== "23505") throw err;
+    }
+  } finally {
+    await client.end();
+  }
+}

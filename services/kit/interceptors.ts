@@ -1,0 +1,58 @@
+// The interceptor every service runs outermost: request id, per-call logger, metrics, and
+// the single place where thrown errors become wire errors.
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { randomUUID } from "node:crypto";
+import { toConnectError } from "./errors.js";
+import { loggerKey } from "./context.js";
+import type { Logger } from "./log.js";
+import type { Metrics } from "./metrics.js";
+
+export const REQUEST_ID_HEADER = "x-request-id";
+
+export function observeInterceptor(opts: { domain: string; log: Logger; metrics: Metrics }): Interceptor {
+  const { domain, log, metrics } = opts;
+  return (next) => async (req) => {
+    const rpc = `${req.service.typeName}/${req.method.name}`;
+    const requestId = req.header.get(REQUEST_ID_HEADER) || randomUUID();
+    const callLog = log.child({ requestId, rpc });
+    req.contextValues.set(loggerKey, callLog);
+    const started = process.hrtime.bigint();
+    const finish = (code: Code | undefined) => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const codeName = code === undefined ? "OK" : Code[code];
+      metrics.rpcRequests.inc({ rpc, code: codeName });
+      metrics.rpcDuration.observe({ rpc }, seconds);
+      callLog.debug({ code: codeName, ms: seconds * 1000 }, "rpc done");
+    };
+    const fail = (err: unknown): never => {
+      const wire = toConnectError(err, domain, callLog);
+      finish(wire.code);
+      throw wire;
+    };
+    try {
+      const res = await next(req);
+      res.header.set(REQUEST_ID_HEADER, requestId);
+      if (!res.stream) {
+        finish(undefined);
+        return res;
+      }
+      // Streaming: the outcome is only known when the stream ends.
+      const source = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* source;
+            finish(undefined);
+          } catch (err) {
+            fail(err);
+          }
+        })(),
+      };
+    } catch (err) {
+      return fail(err);
+    }
+  };
+}
+
+export { ConnectError };

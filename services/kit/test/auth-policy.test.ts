@@ -1,0 +1,158 @@
+// The shared auth interceptor and error mapping, exercised through a real listener with
+// a stand-in AuthService implementation (the real one lives in services/auth).
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { SignJWT, UnsecuredJWT, createLocalJWKSet, exportJWK, generateKeyPair, type JWK } from "jose";
+import { AuthService } from "../../../gen/vouch/auth/v1/auth_pb.js";
+import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
+import { loadConfig } from "../config.js";
+import { createLogger } from "../log.js";
+import { createMetrics } from "../metrics.js";
+import { createServiceServer, type RunningServer } from "../server.js";
+import { createTokenVerifier } from "../auth.js";
+import { requireCaller } from "../context.js";
+import { invalidArgument, notFound, resourceExhausted } from "../errors.js";
+
+const ISSUER = "https://auth.test";
+const AUDIENCE = "vouch-test";
+
+describe("auth interceptor and error mapping", () => {
+  let server: RunningServer;
+  let client: Client<typeof AuthService>;
+  let privateKey: CryptoKey;
+  let publicJwk: JWK;
+  const kid = "key-1";
+
+  const token = (claims: Record<string, unknown> = {}, opts: { kid?: string; exp?: string | number | null; header?: Record<string, unknown>; iss?: string; aud?: string } = {}) => {
+    const jwt = new SignJWT({ roles: ["CUSTOMER"], ...claims })
+      .setProtectedHeader({ alg: "EdDSA", typ: "at+jwt", kid: opts.kid ?? kid, ...opts.header })
+      .setSubject("user-1")
+      .setJti(randomUUID())
+      .setIssuedAt()
+      .setIssuer(opts.iss ?? ISSUER)
+      .setAudience(opts.aud ?? AUDIENCE);
+    if (opts.exp !== null) jwt.setExpirationTime(opts.exp ?? "5m");
+    return jwt.sign(privateKey);
+  };
+  const bearer = (t: string) => ({ headers: { authorization: `Bearer ${t}` } });
+
+  async function expectError(call: Promise<unknown>, code: Code, reason: string) {
+    const err = await call.then(() => undefined, (e: unknown) => e);
+    assert.ok(err instanceof ConnectError, `expected a ConnectError, got ${String(err)}`);
+    assert.equal(Code[err.code], Code[code]);
+    assert.equal(err.findDetails(ErrorInfoSchema)[0]?.reason, reason);
+    return err;
+  }
+
+  before(async () => {
+    const pair = await generateKeyPair("EdDSA", { extractable: true });
+    privateKey = pair.privateKey;
+    publicJwk = { ...(await exportJWK(pair.publicKey)), kid, alg: "EdDSA", use: "sig" };
+    const config = { ...loadConfig("auth", {}), port: 0 };
+    server = await createServiceServer({
+      config,
+      log: createLogger("test", "silent"),
+      metrics: createMetrics("test", { processMetrics: false }),
+      services: [AuthService],
+      readiness: [],
+      verifier: createTokenVerifier({ issuer: ISSUER, audience: AUDIENCE, keys: createLocalJWKSet({ keys: [publicJwk] }) }),
+      routes: (router) =>
+        router.service(AuthService, {
+          getJwks: () => ({ keys: [] }),
+          getMe: (_req, ctx) => ({ user: { id: requireCaller(ctx).subject } }),
+          listUsers: () => ({ users: [] }),
+          getUser: (req) => {
+            throw notFound("USER_NOT_FOUND", `user ${req.userId} does not exist`, { userId: req.userId });
+          },
+          register: () => {
+            throw invalidArgument([{ field: "email", description: "must be an email address", reason: "EMAIL_INVALID" }]);
+          },
+          login: () => {
+            throw resourceExhausted("RATE_LIMITED", "too many attempts", 1500);
+          },
+          updateMe: () => {
+            throw new Error("connection to db-7.internal:5432 refused");
+          },
+        }),
+    }).listen();
+    client = createClient(AuthService, createGrpcTransport({ baseUrl: server.url }));
+  });
+  after(() => server.close());
+
+  test("a public rpc needs no token", async () => {
+    assert.deepEqual((await client.getJwks({})).keys, []);
+  });
+
+  test("an authenticated rpc without a token is UNAUTHENTICATED with TOKEN_MISSING", async () => {
+    await expectError(client.getMe({}), Code.Unauthenticated, "TOKEN_MISSING");
+  });
+
+  test("a valid token reaches the handler with the caller in its context", async () => {
+    assert.equal((await client.getMe({}, bearer(await token()))).user?.id, "user-1");
+  });
+
+  test("an admin rpc refuses a customer token with PERMISSION_DENIED and accepts an admin token", async () => {
+    await expectError(client.listUsers({}, bearer(await token())), Code.PermissionDenied, "ADMIN_REQUIRED");
+    assert.deepEqual((await client.listUsers({}, bearer(await token({ roles: ["ADMIN"] })))).users, []);
+  });
+
+  test("refuses every forged or unfit token before the handler runs", async () => {
+    const hs256WithPublicKey = await new SignJWT({ roles: ["ADMIN"] })
+      .setProtectedHeader({ alg: "HS256", typ: "at+jwt", kid })
+      .setSubject("user-1").setJti("j").setIssuedAt().setIssuer(ISSUER).setAudience(AUDIENCE).setExpirationTime("5m")
+      .sign(new TextEncoder().encode(JSON.stringify(publicJwk)));
+    const unsigned = new UnsecuredJWT({ roles: ["ADMIN"] })
+      .setSubject("user-1").setJti("j").setIssuedAt().setIssuer(ISSUER).setAudience(AUDIENCE).setExpirationTime("5m").encode();
+    const variants: Record<string, [string, string]> = {
+      "alg none": [unsigned, "TOKEN_INVALID"],
+      "HS256 signed with the public key": [hs256WithPublicKey, "TOKEN_INVALID"],
+      "unknown kid": [await token({}, { kid: "someone-elses" }), "TOKEN_INVALID"],
+      "jku header": [await token({}, { header: { jku: "https://evil.test/jwks.json" } }), "TOKEN_INVALID"],
+      "embedded jwk header": [await token({}, { header: { jwk: publicJwk } }), "TOKEN_INVALID"],
+      "missing exp": [await token({}, { exp: null }), "TOKEN_INVALID"],
+      "expired": [await token({}, { exp: Math.floor(Date.now() / 1000) - 60 }), "TOKEN_EXPIRED"],
+      "wrong issuer": [await token({}, { iss: "https://evil.test" }), "TOKEN_INVALID"],
+      "wrong audience": [await token({}, { aud: "another-app" }), "TOKEN_INVALID"],
+      "tampered payload": [(await token()).replace(/\.([^.]+)\./, (_m, p: string) => `.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p, "base64url").toString()), roles: ["ADMIN"] })).toString("base64url")}.`), "TOKEN_INVALID"],
+      "not a JWT": ["garbage", "TOKEN_INVALID"],
+    };
+    for (const [name, [bad, reason]] of Object.entries(variants)) {
+      await assert.doesNotReject(expectError(client.getMe({}, bearer(bad)), Code.Unauthenticated, reason), name);
+    }
+  });
+
+  test("a domain error keeps its code, reason and metadata on the wire", async () => {
+    const err = await expectError(client.getUser({ userId: "u-404" }, bearer(await token({ roles: ["ADMIN"] }))), Code.NotFound, "USER_NOT_FOUND");
+    const info = err.findDetails(ErrorInfoSchema)[0];
+    assert.equal(info.domain, "auth.vouch.dev");
+    assert.deepEqual(info.metadata, { userId: "u-404" });
+  });
+
+  test("bad input carries BadRequest field violations, over Connect JSON too", async () => {
+    const json = createClient(AuthService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    const err = await expectError(json.register({}), Code.InvalidArgument, "INVALID_ARGUMENT");
+    const violations = err.findDetails(BadRequestSchema)[0]?.fieldViolations.map((v) => [v.field, v.reason]);
+    assert.deepEqual(violations, [["email", "EMAIL_INVALID"]]);
+  });
+
+  test("a limit carries RetryInfo with the delay", async () => {
+    const err = await expectError(client.login({}), Code.ResourceExhausted, "RATE_LIMITED");
+    const delay = err.findDetails(RetryInfoSchema)[0]?.retryDelay;
+    assert.equal(Number(delay?.seconds) * 1000 + (delay?.nanos ?? 0) / 1e6, 1500);
+  });
+
+  test("an unexpected error is a bare INTERNAL with no internals on the wire", async () => {
+    const err = await expectError(client.updateMe({}, bearer(await token())), Code.Internal, "INTERNAL");
+    assert.equal(err.rawMessage, "internal error");
+    assert.doesNotMatch(JSON.stringify(err), /db-7|5432|refused/);
+  });
+
+  test("an unimplemented rpc answers UNIMPLEMENTED (after the access check)", async () => {
+    const err = await client.logout({}).then(() => undefined, (e: unknown) => e);
+    assert.ok(err instanceof ConnectError);
+    assert.equal(err.code, Code.Unimplemented);
+  });
+});

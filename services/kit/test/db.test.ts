@@ -1,0 +1,116 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { sql, type Kysely, type Migration } from "kysely";
+import pg from "pg";
+import { createDb, ensureDatabase, withDatabase } from "../db.js";
+import { newId } from "../ids.js";
+import { createLogger } from "../log.js";
+import { runMigrations } from "../migrate.js";
+import { createTestDatabase, uniqueSuffix, type TestDatabase } from "../testing.js";
+
+const log = createLogger("kit-db-test", process.env.LOG_LEVEL ?? "silent");
+
+describe("ids", () => {
+  test("newId returns UUIDv7 strings that sort in creation order", () => {
+    const ids = Array.from({ length: 10_000 }, () => newId());
+    for (const id of ids) assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    assert.deepEqual([...ids].sort(), ids);
+    assert.equal(new Set(ids).size, ids.length);
+    const ms = parseInt(ids[0].replace(/-/g, "").slice(0, 12), 16);
+    assert.ok(Math.abs(ms - Date.now()) < 5_000, "the first 48 bits are the current time in ms");
+  });
+});
+
+describe("db and migrations", () => {
+  let testDb: TestDatabase;
+  const dbs: Kysely<any>[] = [];
+  const open = (schema: string) => {
+    const db = createDb<any>({ url: testDb.url, schema, max: 4, log });
+    dbs.push(db);
+    return db;
+  };
+
+  before(async () => {
+    testDb = await createTestDatabase("kit_db");
+  });
+
+  after(async () => {
+    await Promise.all(dbs.map((db) => db.destroy()));
+    await testDb?.drop();
+  });
+
+  test("ensureDatabase creates a missing database once, however many callers race", async () => {
+    const url = withDatabase(testDb.url, `vouch_t_ensure_${uniqueSuffix()}`);
+    await Promise.all(Array.from({ length: 6 }, () => ensureDatabase(url)));
+    await ensureDatabase(url); // and again when it already exists
+    const client = new pg.Client({ connectionString: withDatabase(testDb.url, "postgres") });
+    await client.connect();
+    try {
+      const name = new URL(url).pathname.slice(1);
+      const { rowCount } = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]);
+      assert.equal(rowCount, 1);
+      await client.query(`DROP DATABASE "${name}" WITH (FORCE)`);
+    } finally {
+      await client.end();
+    }
+  });
+
+  test("createDb sessions resolve unqualified table names in the service's own schema", async () => {
+    const a = open("svc_a");
+    const b = open("svc_b");
+    await sql`CREATE SCHEMA svc_a; CREATE SCHEMA svc_b`.execute(a);
+    await sql`CREATE TABLE things (name text)`.execute(a);
+    await sql`CREATE TABLE things (name text)`.execute(b);
+    await a.insertInto("things").values({ name: "from a" }).execute();
+    assert.deepEqual(await b.selectFrom("things").selectAll().execute(), []);
+    assert.deepEqual(await a.selectFrom("svc_a.things").select("name").execute(), [{ name: "from a" }]);
+  });
+
+  test("createDb rejects a schema name that is not a plain identifier", () => {
+    assert.throws(() => createDb({ url: testDb.url, schema: "auth; DROP TABLE x" }), /schema/);
+    assert.throws(() => createDb({ url: testDb.url, schema: "Auth" }), /schema/);
+  });
+
+  test("two replicas migrating a fresh schema at once both succeed and apply each migration once", async () => {
+    const runs: Record<string, number> = {};
+    const migration = (name: string, ddl: string): Migration => ({
+      async up(db) {
+        runs[name] = (runs[name] ?? 0) + 1;
+        await sql`SELECT pg_sleep(0.1)`.execute(db); // widen the window a race would need
+        await sql.raw(ddl).execute(db);
+      },
+    });
+    const migrations = {
+      "0001_accounts": migration("0001_accounts", "CREATE TABLE accounts (id text PRIMARY KEY)"),
+      "0002_orders": migration("0002_orders", "CREATE TABLE orders (id text PRIMARY KEY, account_id text REFERENCES accounts)"),
+    };
+    const [first, second] = await Promise.all([
+      runMigrations(open("svc_race"), { schema: "svc_race", migrations, log }),
+      runMigrations(open("svc_race"), { schema: "svc_race", migrations, log }),
+    ]);
+    assert.deepEqual(runs, { "0001_accounts": 1, "0002_orders": 1 });
+    assert.deepEqual([...first, ...second].sort(), ["0001_accounts", "0002_orders"], "one replica applied both, the other none");
+    const db = open("svc_race");
+    const applied = await db.selectFrom("kysely_migration").select("name").orderBy("name").execute();
+    assert.deepEqual(applied.map((r) => r.name), ["0001_accounts", "0002_orders"]);
+    await db.insertInto("accounts").values({ id: "a1" }).execute(); // the tables really are there
+    assert.deepEqual(await runMigrations(db, { schema: "svc_race", migrations, log }), [], "a restart applies nothing");
+  });
+
+  test("a failing migration throws an error naming it and leaves the schema as it was", async () => {
+    const db = open("svc_broken");
+    const migrations: Record<string, Migration> = {
+      "0001_ok": { up: async (d) => void (await sql`CREATE TABLE fine (id int)`.execute(d)) },
+      "0002_broken": { up: async (d) => void (await sql`CREATE TABLE fine (id int)`.execute(d)) },
+    };
+    await assert.rejects(runMigrations(db, { schema: "svc_broken", migrations, log }), (err: Error) => {
+      assert.match(err.message, /svc_broken\/0002_broken failed: .*already exists/);
+      return true;
+    });
+    const { rows } = await sql<{ n: number }>`SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = 'svc_broken' AND table_name = 'fine'`.execute(db);
+    assert.equal(rows[0].n, 0, "the whole run rolled back");
+    // The lock was released: a corrected set of migrations goes through.
+    delete migrations["0002_broken"];
+    assert.deepEqual(await runMigrations(db, { schema: "svc_broken", migrations, log }), ["0001_ok"]);
+  });
+});

@@ -1,0 +1,85 @@
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
+import { StringValueSchema } from "@bufbuild/protobuf/wkt";
+import { sql, type Kysely } from "kysely";
+import { RedeemVoucherRequestSchema } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
+import { createDb } from "../db.js";
+import { runMigrations } from "../migrate.js";
+import { createLogger } from "../log.js";
+import { createTestDatabase, type TestDatabase } from "../testing.js";
+import { fingerprintRequest, idempotencyMigration, runIdempotent, type IdempotencyTables } from "../idempotency.js";
+import { reasonOf, toConnectError } from "../errors.js";
+
+interface DB extends IdempotencyTables {
+  effects: { id: string; note: string };
+}
+
+describe("request ids (AIP-155)", () => {
+  let testDb: TestDatabase;
+  let db: Kysely<DB>;
+
+  before(async () => {
+    testDb = await createTestDatabase("idempotency");
+    db = createDb<DB>({ url: testDb.url, schema: "svc", max: 30 });
+    await runMigrations(db, {
+      schema: "svc",
+      log: createLogger("test", "silent"),
+      migrations: {
+        "0000_idempotency": idempotencyMigration,
+        "0001_effects": { up: (d) => d.schema.createTable("effects").addColumn("id", "text", (c) => c.primaryKey()).addColumn("note", "text").execute() },
+      },
+    });
+  });
+  after(async () => {
+    await db.destroy();
+    await testDb.drop();
+  });
+
+  const redeem = (code: string, requestId: string) => create(RedeemVoucherRequestSchema, { code, requestId, orderReference: "order-1" });
+  const call = (request: ReturnType<typeof redeem>, caller = "user-1", fail = false) =>
+    runIdempotent(db, {
+      operation: "RedeemVoucher",
+      requestId: request.requestId,
+      caller,
+      fingerprint: fingerprintRequest(RedeemVoucherRequestSchema, request),
+      responseSchema: StringValueSchema,
+      run: async (trx) => {
+        const id = `${caller}:${request.requestId}:${Math.random()}`;
+        await trx.insertInto("effects").values({ id, note: request.code }).execute();
+        await sql`SELECT pg_sleep(0.02)`.execute(trx); // widen the race window
+        if (fail) throw new Error("the effect failed");
+        return create(StringValueSchema, { value: id });
+      },
+    });
+  const effects = async (code: string) => (await db.selectFrom("effects").select("id").where("note", "=", code).execute()).length;
+
+  test("20 concurrent calls with one request id run the effect once and all get the first response", async () => {
+    const responses = await Promise.all(Array.from({ length: 20 }, () => call(redeem("CODE-A", "req-a"))));
+    assert.equal(new Set(responses.map((r) => r.value)).size, 1);
+    assert.equal(await effects("CODE-A"), 1);
+  });
+
+  test("the same request id with a different request is ALREADY_EXISTS / REQUEST_ID_REUSED and changes nothing", async () => {
+    await call(redeem("CODE-B", "req-b"));
+    const err = await call(redeem("CODE-OTHER", "req-b")).then(() => undefined, (e: unknown) => e);
+    assert.equal(reasonOf(toConnectError(err, "test")), "REQUEST_ID_REUSED");
+    assert.equal(await effects("CODE-OTHER"), 0);
+  });
+
+  test("a first attempt that rolled back leaves the id free for the retry", async () => {
+    await assert.rejects(call(redeem("CODE-C", "req-c"), "user-1", true), /the effect failed/);
+    assert.equal(await effects("CODE-C"), 0);
+    await call(redeem("CODE-C", "req-c"));
+    assert.equal(await effects("CODE-C"), 1);
+  });
+
+  test("request ids are scoped per caller, and an empty id means no idempotency", async () => {
+    await call(redeem("CODE-D", "req-d"), "user-1");
+    await call(redeem("CODE-D", "req-d"), "user-2");
+    assert.equal(await effects("CODE-D"), 2);
+    await call(redeem("CODE-E", ""));
+    await call(redeem("CODE-E", ""));
+    assert.equal(await effects("CODE-E"), 2);
+  });
+});
