@@ -1,0 +1,312 @@
+// Login throughput of the real auth service against the cost of its password hash.
+//
+//   npx tsx bench/auth-login.ts [--seconds 10] [--clients 32] [--users 64] [--protocol grpc|connect]
+//   BENCH_CPU_PROF=/tmp/prof npx tsx bench/auth-login.ts   (also writes a CPU profile of the service)
+//
+// Starts auth as its own process (services/auth/main.ts) on a spare loopback port, with a
+// throwaway database, Redis key prefix and JetStream stream, and throttling raised out of
+// the way (the bench measures login, not the limiter). Then, in one run on this machine,
+// alternating three times:
+//   - raw argon2id verifications per second: the same verify, same parameters, 32 at a
+//     time in this process, while the service is idle;
+//   - logins per second with 32 concurrent gRPC clients over loopback, with latencies;
+// and prints logins/s ÷ raw verifications/s (goal ≥ 0.8), the same ratio computed from CPU
+// time (which other load on a shared machine does not skew), where the CPU of a login goes,
+// p50/p99 latency and the service's RSS.
+// Bounded: about 2 × seconds + 2 s warm-up + ~10 s set-up; it cleans up after itself.
+import { spawn } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { createServer } from "node:net";
+import { parseArgs } from "node:util";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { Agent } from "node:http";
+import { Redis } from "ioredis";
+import pg from "pg";
+import { connect } from "nats";
+import { AuthService } from "../gen/vouch/auth/v1/auth_pb.js";
+import { CURRENT_PARAMS, hashPassword, verifyPassword } from "../services/auth/passwords.js";
+import { createTestDatabase, deleteStream, testEventNames, uniqueSuffix } from "../services/kit/testing.js";
+
+const { values: args } = parseArgs({
+  options: {
+    seconds: { type: "string", default: "10" },
+    clients: { type: "string", default: "32" },
+    users: { type: "string", default: "64" },
+    protocol: { type: "string", default: "grpc" },
+  },
+});
+const SECONDS = Number(args.seconds);
+const CLIENTS = Number(args.clients);
+const USERS = Number(args.users);
+const PASSWORD = "bench passphrase, long enough";
+const PROTOCOL = args.protocol;
+if (PROTOCOL !== "grpc" && PROTOCOL !== "connect") throw new Error("--protocol is grpc (HTTP/2) or connect (binary Connect over HTTP/1.1)");
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+const rssMiB = (pid: number) => {
+  try {
+    const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
+    return kb / 1024;
+  } catch {
+    return NaN;
+  }
+};
+/** CPU seconds (user + system) used so far by the processes whose command line matches. */
+function cpuSeconds(match: (cmd: string, pid: number) => boolean): number {
+  let ticks = 0;
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8").replace(/\0/g, " ");
+      if (!match(cmd, Number(pid))) continue;
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // gone
+    }
+  }
+  return ticks / 100;
+}
+/** CPU seconds per thread name of one process (main thread, libuv pool, V8 workers…). */
+function threadCpu(pid: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const name = tid === String(pid) ? "main" : stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      out[name] = (out[name] ?? 0) + (Number(fields[11]) + Number(fields[12])) / 100;
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+
+/** Verifications per second with `concurrency` in flight, for `seconds`. */
+async function rawVerifyRate(hash: string, seconds: number, concurrency = CLIENTS): Promise<number> {
+  let done = 0;
+  const deadline = performance.now() + seconds * 1000;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < deadline) {
+        if (!(await verifyPassword(hash, PASSWORD))) throw new Error("raw verify failed");
+        done++;
+      }
+    }),
+  );
+  return done / ((performance.now() - started) / 1000);
+}
+
+async function main() {
+  const db = await createTestDatabase("bench_auth_login");
+  const events = testEventNames("bench_auth_login");
+  const redisKeyPrefix = `vouch-bench:auth-login:${uniqueSuffix()}:`;
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  const child = spawn(process.execPath, [...profile, "--import", "tsx", "services/auth/main.ts"], {
+    env: {
+      ...process.env,
+      DATABASE_URL: db.url,
+      AUTH_PORT: String(port),
+      HOST: "127.0.0.1",
+      REDIS_KEY_PREFIX: redisKeyPrefix,
+      NATS_STREAM: events.stream,
+      NATS_SUBJECT_PREFIX: events.subjectPrefix,
+      LOG_LEVEL: "warn",
+      AUTH_LOGIN_IP_BURST: "1000000",
+      AUTH_LOGIN_IP_PER_HOUR: "100000000",
+      AUTH_LOGIN_IDENTIFIER_BURST: "1000000",
+      AUTH_LOGIN_IDENTIFIER_PER_HOUR: "100000000",
+      AUTH_REGISTER_IP_BURST: "1000000",
+    },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  const cleanup = async () => {
+    if (child.exitCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await Promise.race([exited, sleep(15_000)]);
+      if (child.exitCode === null) child.kill("SIGKILL");
+    }
+    const nc = await connect({ servers: process.env.NATS_URL ?? "nats://127.0.0.1:4222" });
+    await deleteStream(nc, events.stream).catch(() => {});
+    await nc.close();
+    const redis = new Redis(process.env.REDIS_URL ?? "redis://127.0.0.1:6379");
+    const keys = await redis.keys(`${redisKeyPrefix}*`);
+    if (keys.length) await redis.del(...keys);
+    redis.disconnect();
+    await db.drop();
+  };
+
+  try {
+    for (let i = 0; ; i++) {
+      if (child.exitCode !== null) throw new Error("auth exited during start-up");
+      if (i > 300) throw new Error("auth did not become ready within 30 s");
+      const ready = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
+      if (ready) break;
+      await sleep(100);
+    }
+
+    // grpc: callers multiplexed over a few HTTP/2 connections, 8 per connection, as the
+    // edge or a peer service calls auth. connect: binary Connect over HTTP/1.1 keep-alive,
+    // one connection per caller.
+    const clients =
+      PROTOCOL === "grpc"
+        ? (() => {
+            const connections = Array.from({ length: Math.ceil(CLIENTS / 8) }, () => createClient(AuthService, createGrpcTransport({ baseUrl: url })));
+            return Array.from({ length: CLIENTS }, (_, i) => connections[i % connections.length]);
+          })()
+        : Array.from({ length: CLIENTS }, () =>
+            createClient(AuthService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true, nodeOptions: { agent: new Agent({ keepAlive: true, maxSockets: 1 }) } })),
+          );
+    const users: string[] = [];
+    const stamp = Date.now().toString(36);
+    for (let i = 0; i < USERS; i += 8) {
+      await Promise.all(
+        Array.from({ length: Math.min(8, USERS - i) }, async (_, j) => {
+          const n = i + j;
+          await clients[0].register({
+            fullName: `Bench User ${n}`,
+            username: `bench${stamp}u${n}`,
+            email: `bench.${stamp}.${n}@example.com`,
+            phoneNumber: `+8490${String(1_000_000 + n).padStart(7, "0")}`,
+            password: PASSWORD,
+          });
+          users.push(`bench${stamp}u${n}`);
+        }),
+      );
+    }
+
+    const hash = await hashPassword(PASSWORD);
+
+    // Where CPU goes: this process (raw hashes, or the gRPC clients), auth, and the
+    // Postgres backends of this database plus Postgres's shared writers, Redis, NATS.
+    const groups: Record<string, (cmd: string, pid: number) => boolean> = {
+      auth: (_, pid) => pid === child.pid,
+      bench: (_, pid) => pid === process.pid,
+      postgres: (cmd) => cmd.startsWith("postgres:") && (cmd.includes(` ${db.name} `) || /: (walwriter|checkpointer|background writer)/.test(cmd)),
+      redis: (cmd) => cmd.startsWith("redis-server"),
+      nats: (cmd) => cmd.includes("nats-server"),
+    };
+    const cpuNow = () => Object.fromEntries(Object.entries(groups).map(([k, m]) => [k, cpuSeconds(m)]));
+    const cpuSince = (before: Record<string, number>) => Object.fromEntries(Object.entries(cpuNow()).map(([k, v]) => [k, v - before[k]]));
+    const sum = (o: Record<string, number>) => Object.values(o).reduce((a, b) => a + b, 0);
+    const addTo = (acc: Record<string, number>, o: Record<string, number>) => {
+      for (const [k, v] of Object.entries(o)) acc[k] = (acc[k] ?? 0) + v;
+    };
+
+    const run = async (seconds: number) => {
+      const latencies: number[] = [];
+      let errors = 0;
+      const deadline = performance.now() + seconds * 1000;
+      const started = performance.now();
+      await Promise.all(
+        clients.map(async (client, c) => {
+          for (let k = 0; performance.now() < deadline; k++) {
+            const t = performance.now();
+            try {
+              await client.login({ identifier: users[(c + k * CLIENTS) % users.length], password: PASSWORD });
+              latencies.push(performance.now() - t);
+            } catch (err) {
+              errors++;
+              if (errors <= 3) console.error("login failed:", err instanceof ConnectError ? `${Code[err.code]} ${err.rawMessage}` : err);
+            }
+          }
+        }),
+      );
+      return { latencies, errors, seconds: (performance.now() - started) / 1000 };
+    };
+    const pgCommits = async () => {
+      const c = new pg.Client({ connectionString: db.url });
+      await c.connect();
+      try {
+        const { rows } = await c.query("SELECT xact_commit::int AS commits FROM pg_stat_database WHERE datname = current_database()");
+        return rows[0].commits as number;
+      } finally {
+        await c.end();
+      }
+    };
+
+    await run(Math.min(2, SECONDS / 5)); // warm-up: JIT, pools, first logins
+
+    // The machine is shared: raw and login phases alternate, so a burst of someone else's
+    // load lands on both sides of the ratio rather than on one.
+    const ROUNDS = 3;
+    const raw = { verifications: 0, seconds: 0, cpu: {} as Record<string, number>, rates: [] as number[] };
+    const login = { latencies: [] as number[], errors: 0, seconds: 0, cpu: {} as Record<string, number>, rates: [] as number[], commits: 0 };
+    const threadsBefore = threadCpu(child.pid!);
+    let rssPeak = 0;
+    for (let round = 0; round < ROUNDS; round++) {
+      let cpu0 = cpuNow();
+      const rate = await rawVerifyRate(hash, SECONDS / ROUNDS);
+      const rawSeconds = SECONDS / ROUNDS;
+      addTo(raw.cpu, cpuSince(cpu0));
+      raw.verifications += rate * rawSeconds;
+      raw.seconds += rawSeconds;
+      raw.rates.push(rate);
+
+      cpu0 = cpuNow();
+      const commits0 = await pgCommits();
+      const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, rssMiB(child.pid!))), 250);
+      const r = await run(SECONDS / ROUNDS);
+      clearInterval(sampler);
+      addTo(login.cpu, cpuSince(cpu0));
+      login.commits += (await pgCommits()) - commits0;
+      login.latencies.push(...r.latencies);
+      login.errors += r.errors;
+      login.seconds += r.seconds;
+      login.rates.push(r.latencies.length / r.seconds);
+    }
+    const threadsAfter = threadCpu(child.pid!);
+    const rssIdle = rssMiB(child.pid!);
+
+    const sorted = login.latencies.sort((a, b) => a - b);
+    const loginsPerSecond = sorted.length / login.seconds;
+    const rawPerSecond = raw.verifications / raw.seconds;
+    const cpuPerVerifyMs = (sum(raw.cpu) / raw.verifications) * 1000;
+    const cpuPerLoginMs = (sum(login.cpu) / sorted.length) * 1000;
+    const perLogin = Object.entries(login.cpu)
+      .map(([k, v]) => `${k} ${((v / sorted.length) * 1000).toFixed(1)}`)
+      .join(", ");
+    const threads = Object.entries(threadsAfter)
+      .map(([name, t]) => [name, ((t - (threadsBefore[name] ?? 0)) / sorted.length) * 1000] as const)
+      .filter(([, ms]) => ms >= 0.05)
+      .map(([name, ms]) => `${name} ${ms.toFixed(1)}`)
+      .join(", ");
+    console.log(
+      [
+        `auth login benchmark — ${CLIENTS} concurrent clients (${PROTOCOL === "grpc" ? "gRPC over HTTP/2, 8 per connection" : "Connect binary over HTTP/1.1"}) on loopback, ${USERS} users`,
+        `argon2id m=${CURRENT_PARAMS.memoryCost} KiB t=${CURRENT_PARAMS.timeCost} p=${CURRENT_PARAMS.parallelism}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4} threads, ${availableParallelism()} cores; ${ROUNDS} alternating rounds of ${(SECONDS / ROUNDS).toFixed(1)} s each`,
+        `raw argon2id verifications/s:         ${rawPerSecond.toFixed(1)}  (rounds: ${raw.rates.map((r) => r.toFixed(0)).join(", ")})`,
+        `logins/s at ${CLIENTS} concurrent:            ${loginsPerSecond.toFixed(1)}  (rounds: ${login.rates.map((r) => r.toFixed(0)).join(", ")}; ${sorted.length} logins, ${login.errors} errors)`,
+        `ratio logins/s ÷ verifications/s:     ${(loginsPerSecond / rawPerSecond).toFixed(2)}  (goal ≥ 0.8)`,
+        `same ratio from CPU time:             ${(cpuPerVerifyMs / cpuPerLoginMs).toFixed(2)}  (${cpuPerVerifyMs.toFixed(1)} ms CPU per raw verification ÷ ${cpuPerLoginMs.toFixed(1)} ms CPU per login, all processes; insensitive to other load)`,
+        `CPU ms per login by process:          ${perLogin}`,
+        `  auth by thread (ms per login):      ${threads}`,
+        `  Postgres transactions per login:    ${(login.commits / sorted.length).toFixed(2)} (the login's own two and the outbox relay's)`,
+        `login latency:                        p50 ${percentile(sorted, 50).toFixed(1)} ms, p99 ${percentile(sorted, 99).toFixed(1)} ms, max ${sorted.at(-1)?.toFixed(1)} ms`,
+        `service RSS:                          peak ${rssPeak.toFixed(0)} MiB under load, ${rssIdle.toFixed(0)} MiB idle after`,
+      ].join("\n"),
+    );
+    if (login.errors > 0) process.exitCode = 1;
+  } finally {
+    await cleanup();
+  }
+}
+
+await main();
