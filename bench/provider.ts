@@ -1,0 +1,344 @@
+// End-to-end throughput and correctness of the provider flow against provider-sim.
+//
+//   npx tsx bench/provider.ts [--requests 1000] [--clients 64] [--replicas 1] [--protocol grpc|connect]
+//   BENCH_CPU_PROF=/tmp/prof npx tsx bench/provider.ts   (also writes a CPU profile of the provider)
+//
+// Starts provider-sim and the provider service as their own processes on spare loopback
+// ports, with a throwaway database and JetStream stream (removed afterwards), and a JWKS
+// served from here so the bench can mint customer tokens. With --replicas N, N provider
+// processes share the database and stream and the clients spread over them. Then two phases:
+//
+// 1. fast provider: `requests` RequestCode calls (every fifth by SMS, the rest WEB) from
+//    `clients` concurrent gRPC clients, against a sim answering every code inline in 1–5 ms.
+//    Prints requests completed end to end per second (RequestCode → provider call → code
+//    stored → `code_received` → delivered; goal ≥ 300/s), end-to-end latency percentiles,
+//    and CPU per request.
+// 2. slow-callback mix: `requests` more against a sim that answers inline, acknowledges and
+//    calls back (in time and late), never calls back, calls back twice, calls back after an
+//    inline code, and fails 2% of calls. Timings are scaled ×0.1 (inline window 300 ms,
+//    breaker timeout 450 ms, late after 3 s) and the request deadline is 8 s, so the phase
+//    takes ~10 s. Checks that every request is in exactly one final state, that each
+//    delivered request has exactly one `code_received` event and the sim's code, and
+//    prints the counts.
+// Bounded: ~15 s of set-up and phase 1, ~12 s of phase 2.
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
+import * as http from "node:http";
+import { createServer, type AddressInfo } from "node:net";
+import { availableParallelism } from "node:os";
+import { parseArgs } from "node:util";
+import { fromBinary } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { SignJWT, exportJWK, generateKeyPair } from "jose";
+import { connect } from "nats";
+import pg from "pg";
+import { CodeReceivedSchema } from "../gen/vouch/events/v1/events_pb.js";
+import { ProviderService } from "../gen/vouch/provider/v1/provider_pb.js";
+import { DeliveryChannel } from "../gen/vouch/type/v1/provider_code_pb.js";
+import { createTestDatabase, deleteStream, testEventNames } from "../services/kit/testing.js";
+import type { SimRequest } from "../services/provider-sim/sim.js";
+
+const { values: args } = parseArgs({
+  options: {
+    requests: { type: "string", default: "1000" },
+    clients: { type: "string", default: "64" },
+    replicas: { type: "string", default: "1" },
+    protocol: { type: "string", default: "grpc" },
+  },
+});
+const REQUESTS = Number(args.requests);
+const CLIENTS = Number(args.clients);
+const REPLICAS = Number(args.replicas);
+const PROTOCOL = args.protocol;
+if (PROTOCOL !== "grpc" && PROTOCOL !== "connect") throw new Error("--protocol is grpc (HTTP/2) or connect (binary Connect over HTTP/1.1)");
+const ISSUER = "https://auth.bench";
+const AUDIENCE = "vouch-bench";
+const WINDOW_MS = 300;
+const LATE_AFTER_MS = 3_000;
+const DEADLINE_MS = 8_000;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+/** CPU seconds (user + system) used so far by one process. */
+function cpuSeconds(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+/** CPU seconds of every process whose command line matches (Postgres backends, nats-server). */
+function cpuSecondsOf(match: (cmd: string) => boolean): number {
+  let total = 0;
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (match(readFileSync(`/proc/${pid}/cmdline`, "utf8").replace(/\0/g, " "))) total += cpuSeconds(Number(pid));
+    } catch {
+      // gone
+    }
+  }
+  return total;
+}
+const rssMiB = (pid: number | undefined) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
+const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+
+function startProcess(name: string, entry: string, env: Record<string, string>, profile = false): ChildProcess {
+  const prof = profile && process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  const child = spawn(process.execPath, [...prof, "--import", "tsx", entry], { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  child.stderr!.on("data", (d: Buffer) => process.stderr.write(`[${name}] ${d}`));
+  return child;
+}
+
+async function waitHealthy(url: string, child: ChildProcess) {
+  for (let i = 0; i < 300; i++) {
+    if (child.exitCode !== null) throw new Error(`${url} exited with ${child.exitCode}`);
+    if (await fetch(`${url}/healthz`).then((r) => r.ok, () => false)) return;
+    await sleep(100);
+  }
+  throw new Error(`${url} did not come up`);
+}
+
+async function main() {
+  const db = await createTestDatabase("bench_provider");
+  const events = testEventNames("bench_provider");
+  const pool = new pg.Pool({ connectionString: db.url, max: 2 });
+  const children: ChildProcess[] = [];
+  const jwksServer = http.createServer();
+  try {
+    // Tokens: an EdDSA key whose JWKS the provider fetches from here.
+    const { publicKey, privateKey } = await generateKeyPair("EdDSA", { extractable: true });
+    const jwk = { ...(await exportJWK(publicKey)), kid: "bench", alg: "EdDSA", use: "sig" };
+    jwksServer.on("request", (_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [jwk] })));
+    await new Promise<void>((r) => jwksServer.listen(0, "127.0.0.1", r));
+    const jwksUrl = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks.json`;
+    const tokens = await Promise.all(
+      Array.from({ length: 64 }, (_, i) =>
+        new SignJWT({ roles: ["CUSTOMER"] })
+          .setProtectedHeader({ alg: "EdDSA", typ: "at+jwt", kid: "bench" })
+          .setSubject(`bench-user-${i}`)
+          .setJti(randomUUID())
+          .setIssuedAt()
+          .setIssuer(ISSUER)
+          .setAudience(AUDIENCE)
+          .setExpirationTime("15m")
+          .sign(privateKey),
+      ),
+    );
+
+    const simPort = await freePort();
+    const simUrl = `http://127.0.0.1:${simPort}`;
+    const sim = startProcess("sim", "services/provider-sim/main.ts", { PROVIDER_SIM_PORT: String(simPort), LOG_LEVEL: "warn" });
+    children.push(sim);
+    const providers: ChildProcess[] = [];
+    const providerUrls: string[] = [];
+    for (let r = 0; r < REPLICAS; r++) {
+      const port = await freePort();
+      const url = `http://127.0.0.1:${port}`;
+      const child = startProcess(`provider-${r}`, "services/provider/main.ts", {
+        PROVIDER_PORT: String(port),
+        PROVIDER_URL: url,
+        PROVIDER_API_URL: simUrl,
+        DATABASE_URL: db.url,
+        NATS_STREAM: events.stream,
+        NATS_SUBJECT_PREFIX: events.subjectPrefix,
+        JWKS_URL: jwksUrl,
+        JWT_ISSUER: ISSUER,
+        JWT_AUDIENCE: AUDIENCE,
+        LOG_LEVEL: "error",
+        PROVIDER_CALL_TIMEOUT_MS: "450",
+        PROVIDER_REQUEST_DEADLINE_MS: String(DEADLINE_MS),
+        PROVIDER_RETRY_BACKOFF_MS: "100,200,400",
+        PROVIDER_SWEEP_INTERVAL_MS: "200",
+        // Limits stay on (their Redis round trips are part of a request's cost) but far above the load.
+        PROVIDER_REQUESTS_PER_USER_PER_MINUTE: "1000000",
+        PROVIDER_REQUESTS_PER_USER_BURST: "100000",
+        PROVIDER_REQUESTS_PER_PHONE_PER_MINUTE: "1000000",
+        PROVIDER_REQUESTS_PER_PHONE_BURST: "100000",
+      }, r === 0);
+      children.push(child);
+      providers.push(child);
+      providerUrls.push(url);
+    }
+    await Promise.all([waitHealthy(simUrl, sim), ...providers.map((p, i) => waitHealthy(providerUrls[i], p))]);
+    const providerCpuSeconds = () => providers.reduce((sum, p) => sum + cpuSeconds(p.pid), 0);
+    const configure = async (behaviour: unknown) => {
+      const res = await fetch(`${simUrl}/sim/config`, { method: "PUT", body: JSON.stringify(behaviour) });
+      if (!res.ok) throw new Error(`sim config refused: ${await res.text()}`);
+    };
+    const clients = providerUrls.map((baseUrl) =>
+      createClient(
+        ProviderService,
+        PROTOCOL === "grpc"
+          ? createGrpcTransport({ baseUrl })
+          : createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true, nodeOptions: { agent: new http.Agent({ keepAlive: true, maxSockets: CLIENTS }) } }),
+      ),
+    );
+
+    /** Sends `count` RequestCode calls from CLIENTS concurrent clients; returns the ids and rpc latencies. */
+    async function burst(label: string, count: number) {
+      const ids: string[] = [];
+      const rpcMs: number[] = [];
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: CLIENTS }, async (_, c) => {
+          for (let i = next++; i < count; i = next++) {
+            const t = performance.now();
+            const { codeRequest } = await clients[c % clients.length].requestCode(
+              { phoneNumber: `+8490${String(1_000_000 + i).slice(-7)}`, channel: i % 5 === 4 ? DeliveryChannel.SMS : DeliveryChannel.WEB, requestId: `${label}-${i}` },
+              { headers: { authorization: `Bearer ${tokens[c % tokens.length]}` } },
+            );
+            rpcMs.push(performance.now() - t);
+            ids.push(codeRequest!.id);
+          }
+        }),
+      );
+      return { ids, rpcMs: rpcMs.sort((a, b) => a - b) };
+    }
+    const countIn = async (ids: string[], states: string[]) =>
+      Number((await pool.query("SELECT count(*) AS n FROM provider.code_requests WHERE id = ANY($1) AND state = ANY($2)", [ids, states])).rows[0].n);
+    /** All requests in a state (an index-only count, cheap enough to poll while measuring). */
+    const countState = async (state: string) => Number((await pool.query("SELECT count(*) AS n FROM provider.code_requests WHERE state = $1", [state])).rows[0].n);
+    const eventsByRequest = async () => {
+      const rows = (await pool.query("SELECT payload FROM provider.outbox WHERE subject = 'provider.code_received'")).rows as { payload: Buffer }[];
+      const by = new Map<string, string[]>();
+      for (const r of rows) {
+        const e = fromBinary(CodeReceivedSchema, r.payload);
+        by.set(e.codeRequestId, [...(by.get(e.codeRequestId) ?? []), e.code]);
+      }
+      return by;
+    };
+
+    // Warm-up: connections, JWKS, JIT, consumers.
+    await configure({ default: { latency: [{ weight: 1, minMs: 1, maxMs: 5 }] } });
+    const warm = await burst("warm", 100);
+    while ((await countIn(warm.ids, ["delivered"])) < warm.ids.length) await sleep(50);
+
+    // ── Phase 1: fast provider ─────────────────────────────────────────────────────────
+    const isPostgres = (cmd: string) => cmd.startsWith("postgres");
+    const isNats = (cmd: string) => cmd.includes("nats-server");
+    // Postgres backends come and go (pools): count the ones alive across the phase.
+    const pg0 = cpuSecondsOf(isPostgres);
+    const nats0 = cpuSecondsOf(isNats);
+    const self0 = process.cpuUsage();
+    const cpu0 = providerCpuSeconds() + cpuSeconds(sim.pid);
+    const deliveredBefore = await countState("delivered");
+    const providerCpu0 = providerCpuSeconds();
+    const started = performance.now();
+    const fast = await burst("fast", REQUESTS);
+    const acceptedMs = performance.now() - started;
+    while ((await countState("delivered")) - deliveredBefore < REQUESTS) {
+      if (performance.now() - started > 120_000) {
+        const open = (await pool.query("SELECT state, count(*) AS n FROM provider.code_requests WHERE id = ANY($1) GROUP BY state", [fast.ids])).rows;
+        throw new Error(`phase 1 did not complete within 120 s: ${JSON.stringify(open)}`);
+      }
+      await sleep(25);
+    }
+    const totalMs = performance.now() - started;
+    const cpu = providerCpuSeconds() + cpuSeconds(sim.pid) - cpu0;
+    const providerCpu = providerCpuSeconds() - providerCpu0;
+    const pgCpu = cpuSecondsOf(isPostgres) - pg0;
+    const natsCpu = cpuSecondsOf(isNats) - nats0;
+    const benchCpu = (process.cpuUsage(self0).user + process.cpuUsage(self0).system) / 1e6;
+    const e2e = (
+      await pool.query("SELECT extract(epoch FROM delivered_at - created_at) * 1000 AS ms FROM provider.code_requests WHERE id = ANY($1)", [fast.ids])
+    ).rows.map((r: { ms: string }) => Number(r.ms)).sort((a, b) => a - b);
+    const fastEvents = await eventsByRequest();
+    const fastOk = fast.ids.every((id) => fastEvents.get(id)?.length === 1);
+    console.log(`provider bench: ${REQUESTS} requests, ${CLIENTS} concurrent ${PROTOCOL === "grpc" ? "gRPC (HTTP/2)" : "Connect binary (HTTP/1.1)"} clients, ${REPLICAS} provider process${REPLICAS > 1 ? "es" : ""}, loopback, ${tokens.length} customers' tokens`);
+    console.log(`\nphase 1 — fast provider (codes inline in 1–5 ms), 80% WEB / 20% SMS`);
+    console.log(`  RequestCode accepted        ${(REQUESTS / (acceptedMs / 1000)).toFixed(0)} /s   (rpc p50 ${pct(fast.rpcMs, 50).toFixed(1)} ms, p99 ${pct(fast.rpcMs, 99).toFixed(1)} ms)`);
+    console.log(`  completed end to end        ${(REQUESTS / (totalMs / 1000)).toFixed(0)} /s   (all ${REQUESTS} DELIVERED after ${(totalMs / 1000).toFixed(2)} s; goal ≥ 300/s)`);
+    console.log(`  request → delivered         p50 ${pct(e2e, 50).toFixed(0)} ms, p99 ${pct(e2e, 99).toFixed(0)} ms`);
+    const perRequest = (seconds: number) => ((seconds * 1000) / REQUESTS).toFixed(2);
+    console.log(`  CPU per request             ${perRequest(providerCpu)} ms provider, ${perRequest(pgCpu)} ms Postgres, ${perRequest(natsCpu)} ms NATS, ${perRequest(cpu - providerCpu)} ms sim, ${perRequest(benchCpu)} ms bench clients`);
+    console.log(`                              (${availableParallelism()} cores: ${((providerCpu + pgCpu + natsCpu + cpu - providerCpu + benchCpu) / (totalMs / 1000)).toFixed(2)} cores busy on average; provider RSS ${rssMiB(providers[0].pid).toFixed(0)} MiB)`);
+    console.log(`  one code_received each      ${fastOk ? "yes" : "NO"}`);
+
+    // ── Phase 2: slow-callback mix ─────────────────────────────────────────────────────
+    await configure({
+      default: {
+        inlineWindowMs: WINDOW_MS,
+        lateAfterMs: LATE_AFTER_MS,
+        latency: [
+          { weight: 50, minMs: 5, maxMs: 250 },
+          { weight: 35, minMs: 500, maxMs: 2_800 },
+          { weight: 15, minMs: 3_200, maxMs: 6_000 },
+        ],
+        errorRate: 0.02,
+        noCallbackRate: 0.05,
+        duplicateCallbackRate: 0.1,
+        callbackAfterInlineRate: 0.05,
+      },
+    });
+    const mixStarted = performance.now();
+    const mix = await burst("mix", REQUESTS);
+    const open = ["pending", "acknowledged", "succeeded", "late_succeeded"];
+    while ((await countIn(mix.ids, open)) > 0) {
+      if (performance.now() - mixStarted > DEADLINE_MS + 20_000) {
+        const open = (await pool.query("SELECT state, count(*) AS n FROM provider.code_requests WHERE id = ANY($1) GROUP BY state", [mix.ids])).rows;
+        throw new Error(`phase 2: requests still open long after the deadline: ${JSON.stringify(open)}`);
+      }
+      await sleep(100);
+    }
+    const mixMs = performance.now() - mixStarted;
+    await sleep(1_500); // late and duplicate callbacks still in flight
+    const byState = new Map<string, number>();
+    const rows = (await pool.query("SELECT id, state, code, provider_status FROM provider.code_requests WHERE id = ANY($1)", [mix.ids])).rows as {
+      id: string;
+      state: string;
+      code: string | null;
+      provider_status: string | null;
+    }[];
+    for (const r of rows) byState.set(`${r.state}${r.provider_status ? ` (${r.provider_status})` : ""}`, (byState.get(`${r.state}${r.provider_status ? ` (${r.provider_status})` : ""}`) ?? 0) + 1);
+    const simRequests = new Map(((await (await fetch(`${simUrl}/sim/requests`)).json()) as { requests: SimRequest[] }).requests.map((r) => [r.requestId, r]));
+    const mixEvents = await eventsByRequest();
+    const problems: string[] = [];
+    if (rows.length !== REQUESTS) problems.push(`${rows.length} rows for ${REQUESTS} requests`);
+    const callbackAnswers = new Map<string, number>();
+    for (const r of rows) {
+      const sim = simRequests.get(r.id);
+      const codes = mixEvents.get(r.id) ?? [];
+      if (!["delivered", "expired", "failed"].includes(r.state)) problems.push(`${r.id} ended ${r.state}`);
+      if (r.state === "delivered" && (codes.length !== 1 || codes[0] !== r.code || r.code !== sim?.voucherCode)) problems.push(`${r.id}: events ${codes.join(",")}, stored ${r.code}, sim ${sim?.voucherCode}`);
+      if (r.state !== "delivered" && codes.length) problems.push(`${r.id} ${r.state} with events ${codes.join(",")}`);
+      for (const cb of sim?.callbacks ?? []) {
+        const key = `${cb.httpStatus ?? "error"} ${(cb.response as { result?: string; error?: string } | undefined)?.result ?? (cb.response as { error?: string } | undefined)?.error ?? ""}`.trim();
+        callbackAnswers.set(key, (callbackAnswers.get(key) ?? 0) + 1);
+      }
+    }
+    console.log(`\nphase 2 — slow-callback mix (timings ×0.1: inline window ${WINDOW_MS} ms, late after ${LATE_AFTER_MS} ms, deadline ${DEADLINE_MS} ms)`);
+    console.log(`  sim: 50% inline, 35% callback in time, 15% late; 5% of callbacks never sent, 10% sent twice, 5% of inline codes followed by a callback anyway, 2% of calls HTTP 500`);
+    console.log(`  all ${REQUESTS} in a final state after ${(mixMs / 1000).toFixed(1)} s`);
+    for (const [state, n] of [...byState].sort()) console.log(`    ${state.padEnd(28)} ${n}`);
+    console.log(`  callbacks answered (HTTP status, outcome):`);
+    for (const [k, n] of [...callbackAnswers].sort()) console.log(`    ${k.padEnd(28)} ${n}`);
+    console.log(`  exactly one final state, one code_received and the sim's code per delivered request: ${problems.length ? `NO — ${problems.length} problems:\n    ${problems.slice(0, 10).join("\n    ")}` : "yes"}`);
+    if (problems.length || !fastOk) process.exitCode = 1;
+  } finally {
+    for (const child of children) child.kill("SIGTERM");
+    await Promise.all(children.map((c) => (c.exitCode !== null ? null : new Promise((r) => { c.once("exit", r); setTimeout(() => { c.kill("SIGKILL"); r(null); }, 5_000).unref(); }))));
+    jwksServer.close();
+    await pool.end();
+    const nc = await connect({ servers: process.env.NATS_URL ?? "nats://127.0.0.1:4222" });
+    await deleteStream(nc, events.stream).catch(() => {});
+    await nc.close();
+    await db.drop();
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,294 @@
+// Code requests in Postgres. Each state change is one of the domain's MOVES applied as a
+// conditional UPDATE … WHERE state IN (from) RETURNING: the database decides which of two
+// racing moves wins, and the loser gets `undefined` and must do nothing (no event, no SMS).
+// Times are clock_timestamp(), not now(): the worker's transaction starts before its
+// provider call, and "received at" is when the answer came, not when the call began.
+import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
+import { newId } from "../../kit/ids.js";
+import { MOVES, STATUS_MESSAGES, stateForStatus, type Channel, type ProviderStatus, type RequestState } from "../domain/states.js";
+import type { CodeRequestsTable, ProviderDB } from "./schema.js";
+
+type Db = Kysely<ProviderDB> | Transaction<ProviderDB>;
+
+export interface CodeRequestRow {
+  id: string;
+  userId: string;
+  phoneNumber: string;
+  channel: Channel;
+  state: RequestState;
+  statusMessage: string;
+  code: string | null;
+  providerStatus: ProviderStatus | null;
+  codeChallenge: string | null;
+  callbackFingerprint: string | null;
+  retryOfId: string | null;
+  attemptCount: number;
+  lastError: string | null;
+  failureMessage: string | null;
+  createdAt: Date;
+  updatedAt: Date;
+  acknowledgedAt: Date | null;
+  receivedAt: Date | null;
+  deliveredAt: Date | null;
+  expireAt: Date;
+}
+
+function toRow(r: Selectable<CodeRequestsTable>): CodeRequestRow {
+  return {
+    id: r.id,
+    userId: r.user_id,
+    phoneNumber: r.phone_number,
+    channel: r.channel,
+    state: r.state,
+    statusMessage: r.status_message,
+    code: r.code,
+    providerStatus: r.provider_status,
+    codeChallenge: r.code_challenge,
+    callbackFingerprint: r.callback_fingerprint,
+    retryOfId: r.retry_of_id,
+    attemptCount: r.attempt_count,
+    lastError: r.last_error,
+    failureMessage: r.failure_message,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    acknowledgedAt: r.acknowledged_at,
+    receivedAt: r.received_at,
+    deliveredAt: r.delivered_at,
+    expireAt: r.expire_at,
+  };
+}
+
+const one = (r: Selectable<CodeRequestsTable> | undefined) => (r ? toRow(r) : undefined);
+
+export interface NewCodeRequest {
+  userId: string;
+  phoneNumber: string;
+  channel: Channel;
+  retryOfId?: string;
+  /** How long the request may take before it expires. */
+  deadlineMs: number;
+}
+
+export async function insertCodeRequest(trx: Transaction<ProviderDB>, input: NewCodeRequest): Promise<CodeRequestRow> {
+  const row = await trx
+    .insertInto("code_requests")
+    .values({
+      id: newId(),
+      user_id: input.userId,
+      phone_number: input.phoneNumber,
+      channel: input.channel,
+      status_message: STATUS_MESSAGES.pending,
+      retry_of_id: input.retryOfId ?? null,
+      expire_at: sql<Date>`now() + make_interval(secs => ${input.deadlineMs / 1000})`,
+    })
+    .returningAll()
+    .executeTakeFirstOrThrow();
+  return toRow(row);
+}
+
+export async function getCodeRequest(db: Db, id: string): Promise<CodeRequestRow | undefined> {
+  return one(await db.selectFrom("code_requests").selectAll().where("id", "=", id).executeTakeFirst());
+}
+
+export interface CodeRequestFilter {
+  state?: RequestState;
+  phoneNumber?: string;
+  userId?: string;
+}
+
+/** Newest first, after the `beforeId` cursor (ids are time-ordered). */
+export async function listCodeRequests(db: Db, filter: CodeRequestFilter, page: { beforeId?: string; limit: number }): Promise<CodeRequestRow[]> {
+  let q = db.selectFrom("code_requests").selectAll();
+  if (filter.state) q = q.where("state", "=", filter.state);
+  if (filter.phoneNumber) q = q.where("phone_number", "=", filter.phoneNumber);
+  if (filter.userId) q = q.where("user_id", "=", filter.userId);
+  if (page.beforeId) q = q.where("id", "<", page.beforeId);
+  return (await q.orderBy("id", "desc").limit(page.limit).execute()).map(toRow);
+}
+
+// ── Moves ──────────────────────────────────────────────────────────────────────────────
+
+/** pending → acknowledged, keeping the challenge the callback must match. False when the move did not apply. */
+export async function acknowledge(trx: Db, id: string, codeChallenge: string): Promise<boolean> {
+  const row = await trx
+    .updateTable("code_requests")
+    .set((eb) => ({
+      state: "acknowledged",
+      status_message: STATUS_MESSAGES.acknowledged,
+      code_challenge: codeChallenge,
+      acknowledged_at: sql<Date>`clock_timestamp()`,
+      attempt_count: eb("attempt_count", "+", 1),
+      updated_at: sql<Date>`clock_timestamp()`,
+    }))
+    .where("id", "=", id)
+    .where("state", "in", MOVES.acknowledge.from)
+    .returning("id")
+    .executeTakeFirst();
+  return Boolean(row);
+}
+
+export interface ReceivedCode {
+  code: string;
+  status: ProviderStatus;
+}
+
+/** The provider answered the call itself with the code. Counts the call as an attempt. */
+export async function receiveInlineCode(trx: Db, id: string, received: ReceivedCode): Promise<CodeRequestRow | undefined> {
+  const state = stateForStatus(received.status);
+  return one(
+    await trx
+      .updateTable("code_requests")
+      .set((eb) => ({
+        state,
+        status_message: STATUS_MESSAGES[state],
+        code: received.code,
+        provider_status: received.status,
+        received_at: sql<Date>`clock_timestamp()`,
+        attempt_count: eb("attempt_count", "+", 1),
+        updated_at: sql<Date>`clock_timestamp()`,
+      }))
+      .where("id", "=", id)
+      .where("state", "in", MOVES.receiveInline.from)
+      .returningAll()
+      .executeTakeFirst(),
+  );
+}
+
+/**
+ * A callback whose verifier matched `codeChallenge`. Bound to that challenge: the update
+ * only applies while the request still holds it.
+ */
+export async function receiveCallbackCode(
+  trx: Db,
+  id: string,
+  codeChallenge: string,
+  received: ReceivedCode & { fingerprint: string },
+): Promise<CodeRequestRow | undefined> {
+  const state = stateForStatus(received.status);
+  return one(
+    await trx
+      .updateTable("code_requests")
+      .set({
+        state,
+        status_message: STATUS_MESSAGES[state],
+        code: received.code,
+        provider_status: received.status,
+        callback_fingerprint: received.fingerprint,
+        received_at: sql<Date>`clock_timestamp()`,
+        updated_at: sql<Date>`clock_timestamp()`,
+      })
+      .where("id", "=", id)
+      .where("code_challenge", "=", codeChallenge)
+      .where("state", "in", MOVES.receiveCallback.from)
+      .returningAll()
+      .executeTakeFirst(),
+  );
+}
+
+/** succeeded / late_succeeded → delivered. False when the move did not apply. */
+export async function markDelivered(trx: Db, id: string): Promise<boolean> {
+  const row = await trx
+    .updateTable("code_requests")
+    .set({ state: "delivered", delivered_at: sql<Date>`clock_timestamp()`, updated_at: sql<Date>`clock_timestamp()` })
+    .where("id", "=", id)
+    .where("state", "in", MOVES.deliver.from)
+    .returning("id")
+    .executeTakeFirst();
+  return Boolean(row);
+}
+
+export interface Failure {
+  /** For the customer and operators. */
+  message: string;
+  /** Whether an SMS should tell the customer (SMS requests whose channel still works). */
+  notice: boolean;
+  /** The provider's last error, for operators. */
+  lastError?: string;
+  /** Counts a provider call that failed as an attempt. */
+  countAttempt?: boolean;
+}
+
+export async function fail(trx: Db, id: string, move: "failUnreachable" | "failUndeliverable", failure: Failure): Promise<CodeRequestRow | undefined> {
+  return one(
+    await trx
+      .updateTable("code_requests")
+      .set((eb) => ({
+        state: "failed",
+        status_message: move === "failUnreachable" ? STATUS_MESSAGES.failedUnreachable : STATUS_MESSAGES.failedUndeliverable,
+        failure_message: failure.message,
+        notice_pending: failure.notice ? sql<boolean>`channel = 'sms'` : false,
+        ...(failure.lastError !== undefined ? { last_error: failure.lastError } : {}),
+        ...(failure.countAttempt ? { attempt_count: eb("attempt_count", "+", 1) } : {}),
+        updated_at: sql<Date>`clock_timestamp()`,
+      }))
+      .where("id", "=", id)
+      .where("state", "in", MOVES[move].from)
+      .returningAll()
+      .executeTakeFirst(),
+  );
+}
+
+/**
+ * Counts a failed provider call of a pending request, on its own (outside the consumer's
+ * transaction, which rolls back to have the event redelivered). Returns the new count, or
+ * undefined when the request is no longer pending.
+ */
+export async function recordFailedAttempt(db: Kysely<ProviderDB>, id: string, error: string): Promise<number | undefined> {
+  const row = await db
+    .updateTable("code_requests")
+    .set((eb) => ({ attempt_count: eb("attempt_count", "+", 1), last_error: error.slice(0, 500) }))
+    .where("id", "=", id)
+    .where("state", "=", "pending")
+    .returning("attempt_count")
+    .executeTakeFirst();
+  return row?.attempt_count;
+}
+
+/**
+ * Ends requests past their deadline: acknowledged ones EXPIRE (the callback never came),
+ * pending ones FAIL (the provider never answered). Batches claimed with SKIP LOCKED, so
+ * replicas sweeping at once share the work and each request moves once.
+ */
+export async function endOverdueRequests(db: Kysely<ProviderDB>, limit: number): Promise<{ id: string; state: RequestState }[]> {
+  const result = await sql<{ id: string; state: RequestState }>`
+    UPDATE code_requests r
+       SET state = CASE WHEN r.state = 'acknowledged' THEN 'expired' ELSE 'failed' END,
+           status_message = CASE WHEN r.state = 'acknowledged' THEN ${STATUS_MESSAGES.expired} ELSE ${STATUS_MESSAGES.failedUnreachable} END,
+           failure_message = CASE WHEN r.state = 'acknowledged'
+                                  THEN 'the provider acknowledged the request but did not call back by the deadline'
+                                  ELSE 'the provider did not answer the request by the deadline' END,
+           notice_pending = (r.channel = 'sms'),
+           updated_at = now()
+     WHERE r.id IN (SELECT id FROM code_requests
+                     WHERE state IN ('pending', 'acknowledged') AND expire_at <= now()
+                     ORDER BY expire_at
+                     LIMIT ${limit}
+                     FOR UPDATE SKIP LOCKED)
+       AND r.state IN ('pending', 'acknowledged')
+    RETURNING r.id, r.state`.execute(db);
+  return result.rows;
+}
+
+/** One request whose customer is still to be told it failed or expired, locked for this transaction. */
+export async function claimPendingNotice(trx: Transaction<ProviderDB>): Promise<CodeRequestRow | undefined> {
+  return one(
+    await trx
+      .selectFrom("code_requests")
+      .selectAll()
+      .where("notice_pending", "=", true)
+      .orderBy("updated_at")
+      .limit(1)
+      .forUpdate()
+      .skipLocked()
+      .executeTakeFirst(),
+  );
+}
+
+export async function clearNotice(trx: Transaction<ProviderDB>, id: string): Promise<void> {
+  await trx.updateTable("code_requests").set({ notice_pending: false }).where("id", "=", id).execute();
+}
+
+/** A request's row locked until the end of the transaction (delivery holds it while it sends). */
+export async function lockCodeRequest(trx: Transaction<ProviderDB>, id: string): Promise<CodeRequestRow | undefined> {
+  return one(await trx.selectFrom("code_requests").selectAll().where("id", "=", id).forUpdate().executeTakeFirst());
+}
