@@ -4,7 +4,6 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter, HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { createHash } from "node:crypto";
 import {
   AuthService,
   JwkSchema,
@@ -17,6 +16,7 @@ import {
 } from "../../gen/vouch/auth/v1/auth_pb.js";
 import { clientIpKey, requireCaller } from "../kit/context.js";
 import { invalidArgument, permissionDenied } from "../kit/errors.js";
+import { decodePageToken, page, pageSize } from "../kit/paging.js";
 import type { Accounts, SessionTokens, UserRow } from "./accounts.js";
 import type { KeyInfo, KeyRing, KeyState } from "./keys.js";
 
@@ -69,35 +69,6 @@ function sessionToProto(s: SessionTokens) {
     refreshToken: s.refreshToken,
     refreshTokenExpireTime: ts(s.refreshExpiresAt),
   };
-}
-
-// ── Paging (AIP-158): opaque tokens bound to the request's filters ─────────────────────
-
-const DEFAULT_PAGE_SIZE = 50;
-const MAX_PAGE_SIZE = 1000;
-
-function pageSize(requested: number): number {
-  if (requested < 0) throw invalidArgument([{ field: "page_size", reason: "PAGE_SIZE_INVALID", description: "must not be negative" }]);
-  return requested === 0 ? DEFAULT_PAGE_SIZE : Math.min(requested, MAX_PAGE_SIZE);
-}
-
-const filterHash = (filters: unknown) => createHash("sha256").update(JSON.stringify(filters)).digest("base64url").slice(0, 16);
-
-function encodePageToken(after: string, filters: unknown): string {
-  return Buffer.from(JSON.stringify({ a: after, f: filterHash(filters) })).toString("base64url");
-}
-
-function decodePageToken(token: string, filters: unknown): string | undefined {
-  if (!token) return undefined;
-  try {
-    const parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as { a?: unknown; f?: unknown };
-    if (typeof parsed.a === "string" && parsed.f === filterHash(filters)) return parsed.a;
-  } catch {
-    // fall through
-  }
-  throw invalidArgument([
-    { field: "page_token", reason: "PAGE_TOKEN_INVALID", description: "is not a page token of this request (other fields must match the call that produced it)" },
-  ]);
 }
 
 /** Role changes and key rotation need a person's ADMIN role: a service token (which passes admin rpcs) may not. */
@@ -167,13 +138,10 @@ export function createAuthHandlers({ accounts, keys }: AuthHandlerDeps): Service
 
     async listSigningKeys(req) {
       const limit = pageSize(req.pageSize);
-      const after = decodePageToken(req.pageToken, "keys");
+      const after = decodePageToken<string>(req.pageToken, "keys");
       const rows = await keys.list(after, limit + 1);
-      const page = rows.slice(0, limit);
-      return {
-        signingKeys: page.map(keyToProto),
-        nextPageToken: rows.length > limit ? encodePageToken(page[page.length - 1].kid, "keys") : "",
-      };
+      const { items, next } = page(rows, limit, "keys", (last) => last.kid);
+      return { signingKeys: items.map(keyToProto), nextPageToken: next };
     },
 
     async rotateSigningKey(req, ctx) {
@@ -198,13 +166,10 @@ export function createAuthHandlers({ accounts, keys }: AuthHandlerDeps): Service
       const query = req.query.trim().toLowerCase();
       const role = req.role === Role.UNSPECIFIED ? undefined : Role[req.role];
       const filters = { query, role };
-      const beforeId = decodePageToken(req.pageToken, filters);
+      const beforeId = decodePageToken<string>(req.pageToken, filters);
       const rows = await accounts.searchUsers({ query, role, beforeId, limit: limit + 1 });
-      const page = rows.slice(0, limit);
-      return {
-        users: page.map(userToProto),
-        nextPageToken: rows.length > limit ? encodePageToken(page[page.length - 1].id, filters) : "",
-      };
+      const { items, next } = page(rows, limit, filters, (last) => last.id);
+      return { users: items.map(userToProto), nextPageToken: next };
     },
 
     async getUser(req) {

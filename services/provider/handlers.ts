@@ -27,7 +27,7 @@ import type { ChangeFeed } from "./changes.js";
 import { normalizePhone } from "./domain/phone.js";
 import { isFinal, type Channel, type RequestState } from "./domain/states.js";
 import { CHANNEL_TO_PROTO, enqueueCodeRequested, STATUS_TO_PROTO } from "./events.js";
-import { decodePageToken, pageOf, pageSize } from "./paging.js";
+import { decodePageToken, page, pageSize } from "../kit/paging.js";
 import type { SmsSender } from "./sms.js";
 import { getCodeRequest, insertCodeRequest, listCodeRequests, type CodeRequestRow } from "./store/requests.js";
 import type { ProviderDB } from "./store/schema.js";
@@ -204,10 +204,10 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
         req.state !== CodeRequestState.UNSPECIFIED && !state ? { field: "state", reason: "STATE_INVALID", description: "is not a code request state" } : undefined,
       ]);
       const filters = { state, phoneNumber, userId: req.userId || undefined };
-      const beforeId = decodePageToken(req.pageToken, filters);
+      const beforeId = decodePageToken<string>(req.pageToken, filters);
       const rows = await listCodeRequests(db, filters, { beforeId, limit: limit + 1 });
-      const page = pageOf(rows, limit, filters);
-      return { codeRequests: page.items.map(codeRequestToProto), nextPageToken: page.nextPageToken };
+      const { items, next } = page(rows, limit, filters, (last) => last.id);
+      return { codeRequests: items.map(codeRequestToProto), nextPageToken: next };
     },
 
     async retryCodeRequest(req, ctx) {
@@ -255,14 +255,14 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
       const [phoneNumber, badPhone] = phoneViolation(req.phoneNumber, false);
       throwIf([badPhone]);
       const filters = { phoneNumber, codeRequestId: req.codeRequestId || undefined };
-      const beforeId = decodePageToken(req.pageToken, filters);
+      const beforeId = decodePageToken<string>(req.pageToken, filters);
       const rows = await listSentSms(db, filters, { beforeId, limit: limit + 1 });
-      const page = pageOf(rows, limit, filters);
+      const { items, next } = page(rows, limit, filters, (last) => last.id);
       return {
-        sentSms: page.items.map((s) =>
+        sentSms: items.map((s) =>
           create(SentSmsSchema, { id: s.id, phoneNumber: s.phoneNumber, body: s.body, codeRequestId: s.codeRequestId, sendTime: timestampFromDate(s.sentAt) }),
         ),
-        nextPageToken: page.nextPageToken,
+        nextPageToken: next,
       };
     },
   };

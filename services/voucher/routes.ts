@@ -38,7 +38,7 @@ import { IMPORTABLE_CODE, normaliseCode } from "./domain/pattern.js";
 import { expireTime, leaseLive, voucherState, type Book, type BookSettings, type BookState, type Discount, type Money, type Unusable, type Voucher, type VoucherState } from "./domain/model.js";
 import * as input from "./input.js";
 import type { Idempotency, Outcome } from "./once.js";
-import { decodePageToken, page, pageSize } from "./paging.js";
+import { decodePageToken, page, pageSize } from "../kit/paging.js";
 import { E164, type Purchases } from "./purchased.js";
 import type { Job } from "./store/jobs.js";
 import type { PurchasedCode } from "./store/purchased.js";

@@ -8,7 +8,7 @@ import { Code } from "@connectrpc/connect";
 import { SignJWT, UnsecuredJWT, decodeProtectedHeader } from "jose";
 import { toJsonString } from "@bufbuild/protobuf";
 import { ListSigningKeysResponseSchema, Role, SigningKeyState } from "../../../gen/vouch/auth/v1/auth_pb.js";
-import { createServiceTokenSource, serviceCredentials } from "../service-token.js";
+import { createServiceTokenSource, serviceCredentials } from "../../kit/service-token.js";
 import { as, expectError, freshIp, newPerson, sleep, startAuthHarness, startPeerService, type AuthHarness, type PeerService } from "./harness.js";
 
 describe("auth: tokens and keys", () => {

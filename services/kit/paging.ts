@@ -1,7 +1,8 @@
-// Page tokens (AIP-158): opaque, and bound to the filters of the request that produced
-// them, so a token replayed with other filters is INVALID_ARGUMENT, not a silently wrong page.
+// Paging for every List rpc (AIP-158): page_size 0 → 50, capped at 1000, negative is
+// INVALID_ARGUMENT. Page tokens are opaque, and bound to the filters of the request that
+// produced them, so a token replayed with other filters is INVALID_ARGUMENT, not a silently wrong page.
 import { createHash } from "node:crypto";
-import { invalidArgument } from "../kit/errors.js";
+import { invalidArgument } from "./errors.js";
 
 const DEFAULT_PAGE_SIZE = 50;
 const MAX_PAGE_SIZE = 1000;
