@@ -11,7 +11,7 @@ import {
 } from "jose";
 import { access, Access } from "../../gen/vouch/options/v1/options_pb.js";
 import { callerKey, type Caller } from "./context.js";
-import { permissionDenied, unauthenticated } from "./errors.js";
+import { Code, VouchError, permissionDenied, unauthenticated } from "./errors.js";
 
 /** Asymmetric algorithms only; pinned so that `alg: none` or HS256-with-the-public-key can never verify. */
 export const ACCESS_TOKEN_ALGORITHMS = ["EdDSA"];
@@ -24,6 +24,8 @@ export interface TokenVerifierOptions {
   keys: URL | JWTVerifyGetKey;
   /** Lets auth refuse tokens issued before a password change or logout-everywhere. */
   isRevoked?: (caller: Caller) => Promise<boolean>;
+  /** Verified tokens remembered (default 10,000): a client sends the same token on every call. */
+  cacheSize?: number;
 }
 
 export interface TokenVerifier {
@@ -38,8 +40,22 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
     opts.keys instanceof URL
       ? createRemoteJWKSet(opts.keys, { cooldownDuration: 5_000, cacheMaxAge: 10 * 60_000, timeoutDuration: 3_000 })
       : opts.keys;
+  // The signature check is the costly part of a call's authentication, and it can only
+  // come out the same for the same token string: remember the claims of verified tokens
+  // until they expire. Expiry and revocation are still checked on every call.
+  const cacheSize = opts.cacheSize ?? 10_000;
+  const verified = new Map<string, Caller>();
+  const revoked = async (caller: Caller) => {
+    if (opts.isRevoked && (await opts.isRevoked(caller))) throw unauthenticated("TOKEN_REVOKED", "access token has been revoked");
+    return caller;
+  };
   return {
     async verify(token) {
+      const known = verified.get(token);
+      if (known) {
+        if (known.expiresAt.getTime() > Date.now()) return revoked(known);
+        verified.delete(token); // and verify again below, which says TOKEN_EXPIRED
+      }
       let header;
       try {
         header = decodeProtectedHeader(token);
@@ -66,10 +82,11 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
           issuedAt: new Date(Number(payload.iat) * 1000),
           expiresAt: new Date(Number(payload.exp) * 1000),
         };
-        if (opts.isRevoked && (await opts.isRevoked(caller))) {
-          throw unauthenticated("TOKEN_REVOKED", "access token has been revoked");
+        if (cacheSize > 0) {
+          if (verified.size >= cacheSize) verified.delete(verified.keys().next().value as string);
+          verified.set(token, caller);
         }
-        return caller;
+        return await revoked(caller);
       } catch (err) {
         if (err instanceof joseErrors.JWTExpired) throw unauthenticated("TOKEN_EXPIRED", "access token has expired");
         if (err instanceof joseErrors.JOSEError) throw unauthenticated("TOKEN_INVALID", "access token is not valid");
@@ -85,10 +102,19 @@ export function accessOf(method: DescMethod): Access {
   return declared === Access.UNSPECIFIED ? Access.AUTHENTICATED : declared;
 }
 
+/** The caller a bearer token stands for; throws UNAUTHENTICATED for a malformed header or a bad token. */
+async function callerOf(verifier: TokenVerifier, authorization: string): Promise<Caller> {
+  const match = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization);
+  if (!match) throw unauthenticated("TOKEN_INVALID", "authorization header must be 'Bearer <token>'");
+  return verifier.verify(match[1]);
+}
+
 /**
  * Enforces each rpc's declared policy. Services outside `vouch.` (health, reflection) are
- * infrastructure and public. A token that is present is always verified, even on a public
- * rpc, so handlers may personalise answers.
+ * infrastructure and public. A token that is present is verified, even on a public rpc, so
+ * handlers may personalise answers; but on a public rpc a token that does not verify
+ * (expired, revoked, malformed) makes the call anonymous instead of failing it: a client
+ * holding a stale token must still be able to log in, refresh or read public data.
  */
 export function authInterceptor(verifier: TokenVerifier): Interceptor {
   return (next) => async (req) => {
@@ -96,9 +122,12 @@ export function authInterceptor(verifier: TokenVerifier): Interceptor {
     const policy = infrastructure ? Access.PUBLIC : accessOf(req.method);
     const authorization = req.header.get("authorization");
     if (authorization) {
-      const match = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization);
-      if (!match) throw unauthenticated("TOKEN_INVALID", "authorization header must be 'Bearer <token>'");
-      req.contextValues.set(callerKey, await verifier.verify(match[1]));
+      try {
+        req.contextValues.set(callerKey, await callerOf(verifier, authorization));
+      } catch (err) {
+        const rejected = err instanceof VouchError && err.code === Code.Unauthenticated;
+        if (policy !== Access.PUBLIC || !rejected) throw err;
+      }
     } else if (policy !== Access.PUBLIC) {
       throw unauthenticated("TOKEN_MISSING", "this rpc requires an access token");
     }

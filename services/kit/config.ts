@@ -38,6 +38,13 @@ export interface Config {
   peers: Record<"auth" | "promotion" | "voucher" | "provider", string>;
   /** Grace period for in-flight calls on SIGTERM before connections are cut. */
   shutdownGraceMs: number;
+  /** Connections in the service's Postgres pool (consumers may open their own). */
+  databasePoolSize?: number;
+  /**
+   * Take the client address from `x-forwarded-for` (its first entry) instead of the socket
+   * peer: only for processes reachable solely through our own edge, which sets it.
+   */
+  trustForwardedFor?: boolean;
 }
 
 type Env = Record<string, string | undefined>;
@@ -50,6 +57,14 @@ function int(env: Env, name: string, fallback: number): number {
     throw new Error(`environment variable ${name} must be a non-negative integer, got "${raw}"`);
   }
   return value;
+}
+
+function bool(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (raw === "true" || raw === "1") return true;
+  if (raw === "false" || raw === "0") return false;
+  throw new Error(`environment variable ${name} must be true or false, got "${raw}"`);
 }
 
 function peerUrl(env: Env, name: "auth" | "promotion" | "voucher" | "provider"): string {
@@ -83,5 +98,7 @@ export function loadConfig(service: ServiceName, env: Env = process.env): Config
       provider: peerUrl(env, "provider"),
     },
     shutdownGraceMs: int(env, "SHUTDOWN_GRACE_MS", 10_000),
+    databasePoolSize: Math.max(1, int(env, "DATABASE_POOL_SIZE", 10)),
+    trustForwardedFor: bool(env, "TRUST_FORWARDED_FOR", false),
   };
 }

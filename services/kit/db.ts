@@ -47,6 +47,10 @@ export function createDb<DB>(opts: CreateDbOptions): Kysely<DB> {
   pool.on("error", (err) =>
     log.warn({ err: { message: err.message, code: (err as { code?: string }).code }, schema }, "postgres pool: idle connection failed"),
   );
+  // A checked-out client has no pool listener: when the server goes away mid-query (a
+  // Postgres restart) the query fails through its promise *and* the client emits 'error',
+  // which without a listener is an uncaught exception that kills the process.
+  pool.on("connect", (client) => client.on("error", () => {}));
   return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
 }
 

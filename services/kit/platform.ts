@@ -12,6 +12,7 @@ import { runMigrations, type Migration } from "./migrate.js";
 import { createRedis, pingRedis, type Redis } from "./redis.js";
 import { connectNats, ensureStream } from "./events/stream.js";
 import { outboxMigration } from "./events/outbox.js";
+import { idempotencyMigration, startRequestIdPruning, type RequestIdPruning } from "./idempotency.js";
 import { startOutboxRelay } from "./events/relay.js";
 import { createTokenVerifier, type TokenVerifier } from "./auth.js";
 import { createRevocationCheck } from "./revocation.js";
@@ -27,6 +28,12 @@ export interface PlatformOptions {
   events?: boolean;
   /** Auth verifies with its own key store instead of fetching its own JWKS over HTTP. */
   verifier?: TokenVerifier;
+  /**
+   * Request ids of retryable mutations (AIP-155, `kit/idempotency.ts`): adds the
+   * `idempotency_keys` table (as migration "0000_idempotency") and prunes ids older than
+   * `keepMs` every `everyMs`.
+   */
+  requestIds?: RequestIdPruning | boolean;
 }
 
 export interface Platform<DB> {
@@ -87,10 +94,18 @@ export async function startPlatform<DB>(config: Config, opts: PlatformOptions): 
 
   if (opts.postgres || opts.events) {
     await ensureDatabase(config.databaseUrl);
-    const db = createDb<DB>({ url: config.databaseUrl, schema: config.dbSchema, log });
+    const db = createDb<DB>({ url: config.databaseUrl, schema: config.dbSchema, log, max: config.databasePoolSize });
     closers.push(() => db.destroy());
-    const migrations = { ...(opts.events ? { "0000_events": outboxMigration } : {}), ...opts.migrations };
+    const migrations = {
+      ...(opts.events ? { "0000_events": outboxMigration } : {}),
+      ...(opts.requestIds ? { "0000_idempotency": idempotencyMigration } : {}),
+      ...opts.migrations,
+    };
     await runMigrations(db, { schema: config.dbSchema, migrations, log });
+    if (opts.requestIds) {
+      const pruning = startRequestIdPruning(db, log, opts.requestIds === true ? {} : opts.requestIds);
+      closers.push(() => pruning.stop());
+    }
     readiness.push({ name: "postgres", check: () => sql`SELECT 1`.execute(db) });
     platform.db = db;
   }
@@ -125,22 +140,31 @@ export async function startPlatform<DB>(config: Config, opts: PlatformOptions): 
   return platform;
 }
 
+/** What a service's composition root hands to `serve` (or a test to `listen`). */
+export type ServerParts = Pick<ServiceServerOptions, "services" | "routes" | "httpRoutes" | "interceptors" | "trustForwardedFor">;
+
 /**
- * Listens with the shared server and stops gracefully on SIGTERM/SIGINT: report
- * NOT_SERVING, finish in-flight calls, then close pools and connections.
+ * Listens with the shared server on the platform's config, logs, metrics, readiness checks
+ * and verifier (each overridable, e.g. a test's port or verifier), without taking over
+ * process signals: what tests and `serve` share.
  */
-export async function serve<DB>(
-  platform: Platform<DB>,
-  server: Pick<ServiceServerOptions, "services" | "routes" | "httpRoutes" | "interceptors" | "trustForwardedFor">,
-): Promise<RunningServer> {
-  const running = await createServiceServer({
-    ...server,
+export function listen<DB>(platform: Platform<DB>, server: ServerParts & Partial<ServiceServerOptions>): Promise<RunningServer> {
+  return createServiceServer({
     config: platform.config,
     log: platform.log,
     metrics: platform.metrics,
     readiness: platform.readiness,
     verifier: platform.verifier,
+    ...server,
   }).listen();
+}
+
+/**
+ * Listens with the shared server and stops gracefully on SIGTERM/SIGINT: report
+ * NOT_SERVING, finish in-flight calls, then close pools and connections.
+ */
+export async function serve<DB>(platform: Platform<DB>, server: ServerParts): Promise<RunningServer> {
+  const running = await listen(platform, server);
   const stop = async (signal: string) => {
     platform.log.info({ signal }, "shutting down");
     await running.close();

@@ -3,6 +3,7 @@
 // reflection, and plain HTTP (/healthz, /readyz, /metrics and a service's own routes).
 import * as http from "node:http";
 import * as http2 from "node:http2";
+import { setMaxListeners } from "node:events";
 import * as net from "node:net";
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
@@ -49,7 +50,7 @@ export interface ServiceServerOptions {
   httpRoutes?: HttpRoute[];
   /** Extra interceptors, innermost, after authentication. */
   interceptors?: Interceptor[];
-  /** Trust `x-forwarded-for` for the client IP (only behind our own edge). */
+  /** Trust `x-forwarded-for` for the client IP (only behind our own edge); default `config.trustForwardedFor` (TRUST_FORWARDED_FOR). */
   trustForwardedFor?: boolean;
   /** Largest request message accepted; larger ones get RESOURCE_EXHAUSTED. */
   readMaxBytes?: number;
@@ -85,6 +86,10 @@ export function createServiceServer(opts: ServiceServerOptions) {
   const domain = `${config.service}.vouch.dev`;
   const health = new HealthMonitor(opts.readiness, opts.services.map((s) => s.typeName));
   const shutdown = new AbortController();
+  // Every in-flight call (each streaming one for its whole life) listens on this signal:
+  // hundreds at once are normal, not a leak.
+  setMaxListeners(0, shutdown.signal);
+  const trustForwardedFor = opts.trustForwardedFor ?? config.trustForwardedFor ?? false;
 
   const builtinRoutes: HttpRoute[] = [
     { method: "GET", path: "/healthz", handle: (_req, res) => sendHttp(res, 200, "text/plain", "ok\n") },
@@ -118,7 +123,7 @@ export function createServiceServer(opts: ServiceServerOptions) {
       authInterceptor(opts.verifier),
       ...(opts.interceptors ?? []),
     ],
-    contextValues: (req) => createContextValues().set(clientIpKey, clientIp(req, !!opts.trustForwardedFor)),
+    contextValues: (req) => createContextValues().set(clientIpKey, clientIp(req, trustForwardedFor)),
     readMaxBytes: opts.readMaxBytes ?? 4 * 1024 * 1024,
     shutdownSignal: shutdown.signal,
     fallback: (req, res) => {

@@ -3,13 +3,15 @@
 // prefix per test), and from private nats-server processes when a test needs to take
 // NATS down without disturbing everyone else.
 import { spawn, type ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { SignJWT, createLocalJWKSet, exportJWK, generateKeyPair, type JWK } from "jose";
 import type { NatsConnection } from "nats";
 import pg from "pg";
+import { ACCESS_TOKEN_TYPE, createTokenVerifier, type TokenVerifier } from "./auth.js";
 import { ensureDatabase, withDatabase } from "./db.js";
 import { jsErrorCode } from "./events/stream.js";
 
@@ -49,6 +51,47 @@ export async function createTestDatabase(label: string): Promise<TestDatabase> {
         await client.end();
       }
     },
+  };
+}
+
+/** Polls `probe` until it returns something truthy; fails with `what` after `timeoutMs`. */
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false | null>, timeoutMs = 15_000, everyMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export interface TestTokens {
+  /** The public key, for a JWKS a test or bench serves. */
+  jwk: JWK;
+  /** Verifies what `sign` makes, as a service's shared verifier would. */
+  verifier: TokenVerifier;
+  /** An access token as auth would sign it: EdDSA, `at+jwt`, kid, iss, aud, sub, roles, jti, iat, exp. */
+  sign(subject: string, roles?: string[], claims?: Record<string, unknown>): Promise<string>;
+}
+
+/** A signing key of a test's own, standing in for auth's. */
+export async function createTestTokens(opts: { issuer: string; audience: string; kid?: string; expiresIn?: string }): Promise<TestTokens> {
+  const kid = opts.kid ?? "test-key";
+  const pair = await generateKeyPair("EdDSA", { extractable: true });
+  const jwk: JWK = { ...(await exportJWK(pair.publicKey)), kid, alg: "EdDSA", use: "sig" };
+  return {
+    jwk,
+    verifier: createTokenVerifier({ issuer: opts.issuer, audience: opts.audience, keys: createLocalJWKSet({ keys: [jwk] }) }),
+    sign: (subject, roles = ["CUSTOMER"], claims = {}) =>
+      new SignJWT({ roles, ...claims })
+        .setProtectedHeader({ alg: "EdDSA", typ: ACCESS_TOKEN_TYPE, kid })
+        .setSubject(subject)
+        .setJti(randomUUID())
+        .setIssuedAt()
+        .setIssuer(opts.issuer)
+        .setAudience(opts.audience)
+        .setExpirationTime(opts.expiresIn ?? "10m")
+        .sign(pair.privateKey),
   };
 }
 
@@ -134,7 +177,8 @@ export async function startPrivateNats(binary = process.env.NATS_SERVER_BIN ?? "
   };
 }
 
-function freePort(): Promise<number> {
+/** A TCP port nothing listens on right now (for servers and processes a test starts). */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.once("error", reject);

@@ -8,6 +8,11 @@
 // retried with backoff; after maxDeliver deliveries (many more when the failure is an
 // outage rather than the event's fault), or at once if it cannot even be decoded, it is parked: stored in dead_letters, published on `<prefix>.deadletter.<consumer>`,
 // counted in `vouch_dead_letters_total`, and terminated so the consumer moves on.
+//
+// A handler that cannot act yet through no fault of the event (a dependency it guards with
+// a circuit breaker is open, say) throws `retryLater(ms)`: the message is handed back to be
+// redelivered after `ms`, quietly, and that delivery is not counted against the dead-letter
+// budget (the deferrals are counted in `event_deferrals`, in the transaction-free path).
 import { fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import type { Kysely, Transaction } from "kysely";
 import {
@@ -41,6 +46,22 @@ export interface EventMeta {
   deliveryCount: number;
 }
 
+/** Thrown by a handler: "hand this event back and deliver it again in `delayMs`"; not a failure. */
+export class RetryLater extends Error {
+  constructor(
+    readonly delayMs: number,
+    message = "the handler asked to retry later",
+  ) {
+    super(message);
+    this.name = "RetryLater";
+  }
+}
+
+/** `throw retryLater(ms)` from a handler to have the event redelivered in `ms` without counting a failure. */
+export function retryLater(delayMs: number, message?: string): RetryLater {
+  return new RetryLater(Math.max(0, Math.round(delayMs)), message);
+}
+
 export interface ConsumerOptions<Desc extends DescMessage, DB> {
   nc: NatsConnection;
   stream: string;
@@ -64,6 +85,13 @@ export interface ConsumerOptions<Desc extends DescMessage, DB> {
    * Default 200: with the 15 s backoff that rides out outages of most of an hour.
    */
   maxTransientDeliveries?: number;
+  /**
+   * Deliveries a message may spend on `retryLater` on top of maxTransientDeliveries
+   * (default 0). They raise the server-side delivery limit, which is also what eventually
+   * parks a message whose process keeps dying while handling it, so set it only for a
+   * consumer whose handler defers.
+   */
+  maxDeferrals?: number;
   /** Delay before redelivery n+1 after a failure of delivery n; the last entry repeats. */
   backoffMs?: number[];
   /** How long a delivery may go unacknowledged before the server redelivers it (default 30 s). */
@@ -95,6 +123,7 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
   const maxDeliver = opts.maxDeliver ?? 5;
   if (!Number.isInteger(maxDeliver) || maxDeliver < 1) throw new Error("maxDeliver must be a positive integer");
   const maxTransientDeliveries = Math.max(maxDeliver, opts.maxTransientDeliveries ?? 200);
+  const maxDeferrals = Math.max(0, opts.maxDeferrals ?? 0);
   const backoffMs = opts.backoffMs?.length ? opts.backoffMs : [200, 1_000, 5_000, 15_000];
   const ackWaitMs = opts.ackWaitMs ?? 30_000;
   const concurrency = Math.max(1, opts.concurrency ?? 1);
@@ -105,7 +134,7 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
 
   const subjectPrefix = opts.subjectPrefix ?? (await streamPrefix());
   const deadLetters = counter(opts.registry, "vouch_dead_letters_total", "Events parked as dead letters, by consumer.", ["consumer"]);
-  const consumed = counter(opts.registry, "vouch_events_consumed_total", "Event deliveries by consumer and outcome (processed, duplicate, retried, dead_lettered).", ["consumer", "outcome"]);
+  const consumed = counter(opts.registry, "vouch_events_consumed_total", "Event deliveries by consumer and outcome (processed, duplicate, retried, deferred, dead_lettered).", ["consumer", "outcome"]);
   const handleSeconds = histogram(opts.registry, "vouch_event_handle_seconds", "Time to handle one event delivery, transaction included.", ["consumer"], LATENCY_BUCKETS);
 
   await ensureConsumer();
@@ -124,7 +153,7 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
     const serverBackoff = backoffMs.slice(0, maxDeliver - 1).map((ms) => nanos(Math.max(ms, ackWaitMs)));
     const want = {
       filter_subject: `${subjectPrefix}.${opts.filterSubject}`,
-      max_deliver: maxTransientDeliveries,
+      max_deliver: maxTransientDeliveries + maxDeferrals,
       ack_wait: nanos(ackWaitMs),
       backoff: serverBackoff.length ? serverBackoff : undefined,
     };
@@ -190,6 +219,7 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
         msgID: `deadletter.${durable}.${letter.eventId}`,
         headers: h,
       });
+      await trx.deleteFrom("event_deferrals").where("consumer", "=", durable).where("event_id", "=", letter.eventId).execute();
       return Boolean(row);
     });
     if (inserted) {
@@ -240,13 +270,28 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
           .executeTakeFirst();
         if (!fresh) return "duplicate" as const;
         await opts.handle(trx, event, meta);
+        // Only a redelivered event can have been deferred before.
+        if (deliveryCount > 1) {
+          await (trx as unknown as Kysely<EventTables>)
+            .withSchema(schemaName)
+            .deleteFrom("event_deferrals")
+            .where("consumer", "=", durable)
+            .where("event_id", "=", eventId)
+            .execute();
+        }
         return "processed" as const;
       });
     } catch (err) {
+      if (err instanceof RetryLater) {
+        await defer(m, eventId, err);
+        return;
+      }
       // An outage (Postgres restarting, a peer service down) is not the event's fault:
-      // it is retried far longer than a handler that rejects the event itself.
+      // it is retried far longer than a handler that rejects the event itself. Deliveries
+      // the handler deferred with retryLater are not failures.
       const limit = isTransient(err) ? maxTransientDeliveries : maxDeliver;
-      if (deliveryCount >= limit) {
+      const failures = deliveryCount - (deliveryCount > 1 ? await deferralsOf(eventId) : 0);
+      if (failures >= limit) {
         await parkAndTerm(m, letter(errorText(err)));
       } else {
         const delay = backoffFor(deliveryCount);
@@ -263,6 +308,36 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
     reply(m, "ack");
     consumed.inc({ consumer: durable, outcome });
     if (outcome === "duplicate") log.debug({ eventId }, "event already processed; acked without handling");
+  }
+
+  /** Counts a deferral and hands the message back; if the count cannot be stored, the nak still goes. */
+  async function defer(m: JsMsg, eventId: string, request: RetryLater) {
+    try {
+      await tables
+        .insertInto("event_deferrals")
+        .values({ consumer: durable, event_id: eventId, deferrals: 1 })
+        .onConflict((oc) => oc.columns(["consumer", "event_id"]).doUpdateSet((eb) => ({ deferrals: eb("event_deferrals.deferrals", "+", 1), updated_at: new Date() })))
+        .execute();
+    } catch (err) {
+      log.warn({ err, eventId }, "cannot count a deferred delivery; it will count as a failure");
+    }
+    reply(m, "nak", request.delayMs);
+    consumed.inc({ consumer: durable, outcome: "deferred" });
+    log.debug({ eventId, retryInMs: request.delayMs, reason: request.message }, "event deferred by its handler");
+  }
+
+  async function deferralsOf(eventId: string): Promise<number> {
+    try {
+      const row = await tables
+        .selectFrom("event_deferrals")
+        .select("deferrals")
+        .where("consumer", "=", durable)
+        .where("event_id", "=", eventId)
+        .executeTakeFirst();
+      return row?.deferrals ?? 0;
+    } catch {
+      return 0; // Postgres unreachable: count every delivery, the safe side
+    }
   }
 
   async function parkAndTerm(m: JsMsg, l: Parameters<typeof park>[0]) {

@@ -33,6 +33,14 @@ export interface InboxTable {
   processed_at: ColumnType<Date, never, never>;
 }
 
+/** Redeliveries a handler asked for with `retryLater`: they do not count as failures. */
+export interface EventDeferralTable {
+  consumer: string;
+  event_id: string;
+  deferrals: number;
+  updated_at: ColumnType<Date, never, Date>;
+}
+
 export interface DeadLetterTable {
   id: string;
   consumer: string;
@@ -52,6 +60,7 @@ export interface EventTables {
   outbox: OutboxTable;
   inbox: InboxTable;
   dead_letters: DeadLetterTable;
+  event_deferrals: EventDeferralTable;
 }
 
 export const outboxMigration: Migration = {
@@ -75,6 +84,16 @@ export const outboxMigration: Migration = {
       .where(sql.ref("published_at"), "is", null)
       .execute();
     await db.schema.createIndex("outbox_published_at").on("outbox").column("published_at").execute();
+    // The relay's wake-up, sent on commit (never for a rolled-back change) by the database
+    // itself: no extra round trip per event. Postgres folds the identical notifications of
+    // one transaction into one.
+    await sql`
+      CREATE FUNCTION notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        PERFORM pg_notify(${sql.lit(OUTBOX_CHANNEL)}, TG_TABLE_SCHEMA);
+        RETURN NULL;
+      END $$`.execute(db);
+    await sql`CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION notify_outbox()`.execute(db);
 
     await db.schema
       .createTable("inbox")
@@ -99,6 +118,14 @@ export const outboxMigration: Migration = {
       .addUniqueConstraint("dead_letters_consumer_event", ["consumer", "event_id"])
       .execute();
     await db.schema
+      .createTable("event_deferrals")
+      .addColumn("consumer", "text", (c) => c.notNull())
+      .addColumn("event_id", "text", (c) => c.notNull())
+      .addColumn("deferrals", "integer", (c) => c.notNull())
+      .addColumn("updated_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+      .addPrimaryKeyConstraint("event_deferrals_pk", ["consumer", "event_id"])
+      .execute();
+    await db.schema
       .createIndex("dead_letters_unresolved")
       .on("dead_letters")
       .column("created_at")
@@ -106,7 +133,9 @@ export const outboxMigration: Migration = {
       .execute();
   },
   async down(db: Kysely<any>) {
+    await db.schema.dropTable("event_deferrals").execute();
     await db.schema.dropTable("dead_letters").execute();
+    await sql`DROP FUNCTION notify_outbox() CASCADE`.execute(db);
     await db.schema.dropTable("inbox").execute();
     await db.schema.dropTable("outbox").execute();
   },
@@ -123,29 +152,42 @@ export interface EnqueueEventInput<Desc extends DescMessage> {
   headers?: Record<string, string>;
 }
 
+/** An outbox row ready to insert: for a store that writes its event in the same statement as its change. */
+export interface OutboxRow {
+  id: string;
+  subject: string;
+  payload: Uint8Array;
+  /** JSON text (the column is jsonb). */
+  headers: string;
+}
+
+/**
+ * The outbox row of an event, for a store that inserts it itself (e.g. in a CTE with the
+ * state change, one round trip): `INSERT INTO outbox (id, subject, payload, headers)`.
+ * Same rules as `enqueueEvent`, which uses it.
+ */
+export function outboxRow<Desc extends DescMessage>(input: EnqueueEventInput<Desc>): OutboxRow {
+  if (!RELATIVE_SUBJECT.test(input.subject)) {
+    throw new Error(`event subject "${input.subject}" must be dot-separated lower_snake tokens, e.g. auth.user_logged_in`);
+  }
+  return {
+    id: newId(),
+    subject: input.subject,
+    payload: toBinary(input.schema, create(input.schema, input.message)),
+    headers: JSON.stringify({ ...input.headers, [EVENT_TYPE_HEADER]: input.schema.typeName }),
+  };
+}
+
 /**
  * Writes an event into the outbox as part of the caller's transaction and returns its id.
- * The NOTIFY that wakes the relay is transactional too: it fires on commit, never on rollback.
+ * The NOTIFY that wakes the relay (the table's trigger) is transactional too: it fires on
+ * commit, never on rollback.
  */
 export async function enqueueEvent<DB, Desc extends DescMessage>(
   trx: Transaction<DB>,
   input: EnqueueEventInput<Desc>,
 ): Promise<string> {
-  if (!RELATIVE_SUBJECT.test(input.subject)) {
-    throw new Error(`event subject "${input.subject}" must be dot-separated lower_snake tokens, e.g. auth.user_logged_in`);
-  }
-  const id = newId();
-  const db = trx as unknown as Kysely<EventTables>;
-  await db
-    .insertInto("outbox")
-    .values({
-      id,
-      subject: input.subject,
-      payload: toBinary(input.schema, create(input.schema, input.message)),
-      headers: JSON.stringify({ ...input.headers, [EVENT_TYPE_HEADER]: input.schema.typeName }),
-    })
-    .execute();
-  // Postgres folds identical notifications of one transaction into one.
-  await sql`SELECT pg_notify(${OUTBOX_CHANNEL}, current_schema())`.execute(db);
-  return id;
+  const row = outboxRow(input);
+  await (trx as unknown as Kysely<EventTables>).insertInto("outbox").values(row).execute();
+  return row.id;
 }

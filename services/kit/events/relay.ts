@@ -10,6 +10,8 @@
 //   within its duplicate window (2 min); consumers dedupe by event id past that.
 // - prompt: LISTEN vouch_outbox wakes the relay on commit; a poll every pollMs is the
 //   safety net for a lost listener connection.
+// - batched: a wake-up waits notifyDebounceMs for the rest of a burst of commits, so many
+//   commits at once cost one claim-publish-mark transaction, not one each.
 import { headers as natsHeaders, type NatsConnection } from "nats";
 import pg from "pg";
 import { sql, type Kysely } from "kysely";
@@ -32,6 +34,8 @@ export interface OutboxRelayOptions {
   registry: Registry;
   /** Safety-net poll interval (default 1 s). */
   pollMs?: number;
+  /** How long a NOTIFY waits for more commits before the relay wakes (default 10 ms). */
+  notifyDebounceMs?: number;
   /** Rows claimed per transaction (default 100). */
   batchSize?: number;
   /** How long to wait for each PubAck (default 5 s). */
@@ -61,6 +65,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   const db = (opts.db as Kysely<EventTables>).withSchema(schema);
   const log = opts.log.child({ component: "outbox-relay", schema });
   const pollMs = opts.pollMs ?? 1_000;
+  const notifyDebounceMs = opts.notifyDebounceMs ?? 10;
   const batchSize = opts.batchSize ?? 100;
   const publishTimeoutMs = opts.publishTimeoutMs ?? 5_000;
   const minBackoffMs = opts.minBackoffMs ?? 250;
@@ -69,6 +74,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   const js = opts.nc.jetstream();
 
   const published = counter(opts.registry, "vouch_outbox_published_total", "Outbox events published to JetStream (PubAck received).", ["schema"]);
+  const batches = counter(opts.registry, "vouch_outbox_batches_total", "Outbox claim-publish-mark transactions that found events.", ["schema"]);
   const failures = counter(opts.registry, "vouch_outbox_publish_failures_total", "Outbox publish attempts that failed and will be retried.", ["schema"]);
   const lag = histogram(opts.registry, "vouch_outbox_lag_seconds", "Time from enqueue to PubAck of an outbox event.", ["schema"], LATENCY_BUCKETS);
   const oldestPending = gauge(opts.registry, "vouch_outbox_oldest_pending_seconds", "Age of the oldest unpublished outbox event (0 when empty).", ["schema"]);
@@ -80,6 +86,15 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   const wake = () => {
     pendingWake = true;
     for (const s of sleepers) if (s.wakeable) s.finish();
+  };
+  // The first notification of a burst starts the timer; the others ride along.
+  let debounce: NodeJS.Timeout | undefined;
+  const wakeSoon = () => {
+    if (notifyDebounceMs <= 0) return wake();
+    debounce ??= setTimeout(() => {
+      debounce = undefined;
+      wake();
+    }, notifyDebounceMs);
   };
   /** Resolves after ms, on stop, or (if wakeable) on a notification, including one that came in before. */
   const sleep = (ms: number, wakeable: boolean) =>
@@ -142,6 +157,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     if ("ok" in outcome && outcome.ok) {
       const now = Date.now();
       published.inc(labels, outcome.ok.length);
+      batches.inc(labels);
       for (const row of outcome.ok) lag.observe(labels, Math.max(0, now - row.created_at.getTime()) / 1000);
       if (outcome.failedCount) failures.inc(labels, outcome.failedCount);
     }
@@ -223,7 +239,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
         client.on("end", () => resolve(undefined));
       });
       client.on("notification", (n) => {
-        if (n.channel === OUTBOX_CHANNEL && n.payload === schema) wake();
+        if (n.channel === OUTBOX_CHANNEL && n.payload === schema) wakeSoon();
       });
       try {
         await client.connect();
@@ -257,6 +273,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     stop() {
       stopped ??= (async () => {
         stopping = true;
+        clearTimeout(debounce);
         for (const s of sleepers) s.finish();
         await listener?.end().catch(() => {});
         await Promise.all([running, listening]);

@@ -13,8 +13,8 @@ import { createLogger } from "../log.js";
 import { createMetrics } from "../metrics.js";
 import { createServiceServer, type RunningServer } from "../server.js";
 import { createTokenVerifier } from "../auth.js";
-import { requireCaller } from "../context.js";
-import { invalidArgument, notFound, resourceExhausted } from "../errors.js";
+import { callerKey, clientIpKey, requireCaller } from "../context.js";
+import { invalidArgument, notFound, resourceExhausted, type VouchError } from "../errors.js";
 
 const ISSUER = "https://auth.test";
 const AUDIENCE = "vouch-test";
@@ -51,7 +51,7 @@ describe("auth interceptor and error mapping", () => {
     const pair = await generateKeyPair("EdDSA", { extractable: true });
     privateKey = pair.privateKey;
     publicJwk = { ...(await exportJWK(pair.publicKey)), kid, alg: "EdDSA", use: "sig" };
-    const config = { ...loadConfig("auth", {}), port: 0 };
+    const config = { ...loadConfig("auth", {}), port: 0, trustForwardedFor: true };
     server = await createServiceServer({
       config,
       log: createLogger("test", "silent"),
@@ -61,10 +61,18 @@ describe("auth interceptor and error mapping", () => {
       verifier: createTokenVerifier({ issuer: ISSUER, audience: AUDIENCE, keys: createLocalJWKSet({ keys: [publicJwk] }) }),
       routes: (router) =>
         router.service(AuthService, {
-          getJwks: () => ({ keys: [] }),
+          // Public: tells who the interceptor let through (no key = anonymous).
+          getJwks: (_req, ctx) => {
+            const caller = ctx.values.get(callerKey);
+            return { keys: caller ? [{ kid: caller.subject }] : [] };
+          },
           getMe: (_req, ctx) => ({ user: { id: requireCaller(ctx).subject } }),
-          listUsers: () => ({ users: [] }),
-          getUser: (req) => {
+          listUsers: async (req) => {
+            if (req.pageToken === "slow") await new Promise((r) => setTimeout(r, 150));
+            return { users: [] };
+          },
+          getUser: (req, ctx) => {
+            if (req.userId === "whoami") return { user: { id: ctx.values.get(clientIpKey) } };
             throw notFound("USER_NOT_FOUND", `user ${req.userId} does not exist`, { userId: req.userId });
           },
           register: () => {
@@ -84,6 +92,64 @@ describe("auth interceptor and error mapping", () => {
 
   test("a public rpc needs no token", async () => {
     assert.deepEqual((await client.getJwks({})).keys, []);
+  });
+
+  test("on a public rpc a valid token identifies the caller, and an expired, forged or malformed one makes the call anonymous instead of failing it", async () => {
+    assert.deepEqual((await client.getJwks({}, bearer(await token()))).keys.map((k) => k.kid), ["user-1"]);
+    const stale = {
+      expired: bearer(await token({}, { exp: Math.floor(Date.now() / 1000) - 60 })),
+      "unknown kid": bearer(await token({}, { kid: "someone-elses" })),
+      garbage: bearer("garbage"),
+      "not a bearer header": { headers: { authorization: "Basic dXNlcjpwYXNz" } },
+    };
+    for (const [name, opts] of Object.entries(stale)) {
+      assert.deepEqual((await client.getJwks({}, opts)).keys, [], name);
+    }
+    // The same tokens still fail where a caller is required.
+    await expectError(client.getMe({}, stale.expired), Code.Unauthenticated, "TOKEN_EXPIRED");
+    await expectError(client.getMe({}, stale["not a bearer header"]), Code.Unauthenticated, "TOKEN_INVALID");
+  });
+
+  test("many calls in flight at once do not trip Node's listener-leak warning on the shutdown signal", async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => void (w.name === "MaxListenersExceededWarning" && warnings.push(w));
+    process.on("warning", onWarning);
+    try {
+      const admin = bearer(await token({ roles: ["ADMIN"] }));
+      await Promise.all(Array.from({ length: 30 }, () => client.listUsers({ pageToken: "slow" }, admin)));
+      await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+    } finally {
+      process.off("warning", onWarning);
+    }
+    assert.deepEqual(warnings.map((w) => w.message), []);
+  });
+
+  test("with TRUST_FORWARDED_FOR the client address is the first x-forwarded-for entry", async () => {
+    const admin = bearer(await token({ roles: ["ADMIN"] }));
+    const res = await client.getUser({ userId: "whoami" }, { headers: { ...admin.headers, "x-forwarded-for": "203.0.113.7, 10.0.0.1" } });
+    assert.equal(res.user?.id, "203.0.113.7");
+  });
+
+  test("a verified token is remembered: its signature is checked once, but expiry and revocation on every call", async () => {
+    let keyLookups = 0;
+    const localKeys = createLocalJWKSet({ keys: [publicJwk] });
+    let revokedNow = false;
+    let revocationChecks = 0;
+    const verifier = createTokenVerifier({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      keys: (header, tok) => (keyLookups++, localKeys(header, tok)),
+      isRevoked: async () => (revocationChecks++, revokedNow),
+    });
+    const shortLived = await token({}, { exp: Math.floor(Date.now() / 1000) + 2 });
+    for (let i = 0; i < 3; i++) assert.equal((await verifier.verify(shortLived)).subject, "user-1");
+    assert.equal(keyLookups, 1, "one signature check for three calls");
+    assert.equal(revocationChecks, 3);
+    revokedNow = true;
+    await assert.rejects(verifier.verify(shortLived), (err: VouchError) => err.reason === "TOKEN_REVOKED");
+    revokedNow = false;
+    await new Promise((r) => setTimeout(r, 2_100));
+    await assert.rejects(verifier.verify(shortLived), (err: VouchError) => err.reason === "TOKEN_EXPIRED");
   });
 
   test("an authenticated rpc without a token is UNAUTHENTICATED with TOKEN_MISSING", async () => {

@@ -14,6 +14,7 @@ import {
   enqueueEvent,
   ensureStream,
   outboxMigration,
+  retryLater,
   startConsumer,
   startOutboxRelay,
   type EventConsumer,
@@ -22,7 +23,7 @@ import {
 } from "../events/index.js";
 import { createLogger } from "../log.js";
 import { runMigrations } from "../migrate.js";
-import { createTestDatabase, deleteStream, startPrivateNats, testEventNames, type PrivateNats, type TestDatabase } from "../testing.js";
+import { createTestDatabase, deleteStream, startPrivateNats, testEventNames, waitFor, type PrivateNats, type TestDatabase } from "../testing.js";
 
 const log = createLogger("kit-events-test", process.env.LOG_LEVEL ?? "silent");
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -91,15 +92,6 @@ async function enqueueBatch(db: Kysely<DB>, values: string[]): Promise<string[]>
   });
 }
 
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 async function unpublished(db: Kysely<DB>): Promise<number> {
   const row = await db.selectFrom("outbox").select((eb) => eb.fn.countAll<string>().as("n")).where("published_at", "is", null).executeTakeFirstOrThrow();
@@ -205,6 +197,22 @@ describe("transactional outbox", () => {
     assert.deepEqual([...counts.keys()].sort(), [before, ...during].sort());
     assert.ok([...counts.values()].every((n) => n === 1), "each event id is in the stream exactly once");
     await waitFor("the lag gauge back to zero", async () => (await metricValue(registry, "vouch_outbox_oldest_pending_seconds", { schema })) === 0, 3_000);
+  });
+
+  test("a burst of commits wakes the relay once (NOTIFY from the outbox's trigger, debounced) and goes out as one batch", async () => {
+    const { db, schema } = await freshService("burst");
+    const { stream, subjectPrefix } = await freshStream("burst");
+    const registry = new Registry();
+    // No polling to fall back on: only the trigger's NOTIFY can wake this relay.
+    relay({ db, schema, subjectPrefix, registry, pollMs: 60_000, notifyDebounceMs: 300 });
+    await new Promise((r) => setTimeout(r, 200)); // the listener is connected
+
+    const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => enqueueBatch(db, [`burst ${i}`]).then(([id]) => id)));
+    await waitFor("the burst published", async () => (await unpublished(db)) === 0, 5_000);
+
+    assert.equal((await readStream(nc, stream)).length, ids.length);
+    const batches = await metricValue(registry, "vouch_outbox_batches_total", { schema });
+    assert.ok(batches >= 1 && batches <= 2, `20 separate commits went out in ${batches} batches`);
   });
 
   test("never publishes an event written in a rolled-back transaction", async () => {
@@ -405,6 +413,42 @@ describe("consumers", () => {
     await waitFor("the effect", () => db.selectFrom("effects").selectAll().executeTakeFirst());
     assert.equal(attempts, 5);
     assert.equal((await db.selectFrom("dead_letters").selectAll().execute()).length, 0);
+  });
+
+  test("deliveries a handler defers with retryLater are not failures: the event is applied after more deferrals than maxDeliver, never parked", async () => {
+    const { db, schema } = await freshService("deferred");
+    const { stream, subjectPrefix } = await freshStream("deferred");
+    const registry = new Registry();
+    let deliveries = 0;
+    await consume({
+      db,
+      schemaName: schema,
+      stream,
+      durable: "deferred",
+      registry,
+      maxDeliver: 2,
+      maxTransientDeliveries: 2,
+      maxDeferrals: 10,
+      backoffMs: [50],
+      handle: async (trx, event, meta) => {
+        deliveries++;
+        if (deliveries <= 4) throw retryLater(20, "the dependency is not ready");
+        // One real failure after the deferrals: still within the budget of 2.
+        if (deliveries === 5) throw new Error("a genuine failure");
+        await trx.insertInto("effects").values({ event_id: meta.eventId, value: event.value }).execute();
+      },
+    });
+    const started = Date.now();
+    await publish(nc, `${subjectPrefix}.test.happened`, "evt-deferred", encode("later"));
+    await waitFor("the effect", () => db.selectFrom("effects").selectAll().executeTakeFirst());
+    assert.equal(deliveries, 6);
+    assert.ok(Date.now() - started >= 80, "each deferral waited its delay");
+    assert.equal((await db.selectFrom("dead_letters").selectAll().execute()).length, 0, "never parked");
+    assert.equal(await metricValue(registry, "vouch_events_consumed_total", { consumer: "deferred", outcome: "deferred" }), 4);
+    assert.equal(await metricValue(registry, "vouch_events_consumed_total", { consumer: "deferred", outcome: "retried" }), 1);
+    assert.equal((await db.selectFrom("event_deferrals").selectAll().execute()).length, 0, "the count is removed once the event is applied");
+    const { config } = await (await nc.jetstreamManager()).consumers.info(stream, "deferred");
+    assert.equal(config.max_deliver, 12, "the server allows the deferrals on top of the failure budget");
   });
 
   test("a consumer restarted with a new configuration updates its durable in place, and stops promptly", async () => {

@@ -2,13 +2,13 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { StringValueSchema } from "@bufbuild/protobuf/wkt";
-import { sql, type Kysely } from "kysely";
+import { sql, type Kysely, type Transaction } from "kysely";
 import { RedeemVoucherRequestSchema } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
 import { createDb } from "../db.js";
 import { runMigrations } from "../migrate.js";
 import { createLogger } from "../log.js";
 import { createTestDatabase, type TestDatabase } from "../testing.js";
-import { fingerprintRequest, idempotencyMigration, runIdempotent, type IdempotencyTables } from "../idempotency.js";
+import { fingerprintRequest, idempotencyMigration, requestIdViolation, runIdempotent, runOnce, startRequestIdPruning, type IdempotencyTables } from "../idempotency.js";
 import { reasonOf, toConnectError } from "../errors.js";
 
 interface DB extends IdempotencyTables {
@@ -81,5 +81,41 @@ describe("request ids (AIP-155)", () => {
     await call(redeem("CODE-E", ""));
     await call(redeem("CODE-E", ""));
     assert.equal(await effects("CODE-E"), 2);
+  });
+
+  test("runOnce replays the stored bytes of a result that is not a protobuf message", async () => {
+    const idem = { key: { operation: "Register", requestId: "req-f", caller: "", fingerprint: "f" }, encode: (id: string) => new TextEncoder().encode(id) };
+    const run = async (trx: Transaction<DB>) => {
+      const id = `user-${Math.random()}`;
+      await trx.insertInto("effects").values({ id, note: "CODE-F" }).execute();
+      return id;
+    };
+    const first = await runOnce(db, idem, run);
+    const again = await runOnce(db, idem, run);
+    assert.ok("result" in first && "replay" in again);
+    assert.equal(new TextDecoder().decode(again.replay), first.result);
+    assert.equal(await effects("CODE-F"), 1);
+  });
+
+  test("old request ids are pruned periodically, recent ones kept", async () => {
+    await call(redeem("CODE-G", "req-old"));
+    await call(redeem("CODE-G", "req-new"));
+    await sql`UPDATE idempotency_keys SET created_at = now() - interval '2 days' WHERE request_id = 'req-old'`.execute(db);
+    const pruning = startRequestIdPruning(db, createLogger("test", "silent"), { keepMs: 86_400_000, everyMs: 50 });
+    try {
+      const ids = async () => (await db.selectFrom("idempotency_keys").select("request_id").where("request_id", "in", ["req-old", "req-new"]).execute()).map((r) => r.request_id);
+      const deadline = Date.now() + 5_000;
+      while ((await ids()).includes("req-old") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      assert.deepEqual(await ids(), ["req-new"]);
+    } finally {
+      await pruning.stop();
+    }
+  });
+
+  test("a request id is at most 64 characters, and required only where the rpc says so", () => {
+    assert.equal(requestIdViolation(""), undefined);
+    assert.equal(requestIdViolation("", true)?.reason, "REQUEST_ID_REQUIRED");
+    assert.equal(requestIdViolation("x".repeat(64)), undefined);
+    assert.equal(requestIdViolation("x".repeat(65))?.reason, "REQUEST_ID_INVALID");
   });
 });

@@ -1,6 +1,6 @@
-// Phone numbers are stored and compared in E.164 ("+84909123456"), the form the voucher
-// service lists purchased codes by; parsed with libphonenumber-js's full metadata like
-// auth's, so the same input has the same normal form everywhere.
+// Phone numbers are stored and compared in E.164 ("+84909123456") in every service (auth's
+// accounts, provider's requests, voucher's purchased codes), parsed with libphonenumber-js's
+// full metadata, so the same input has the same normal form everywhere.
 import { parsePhoneNumberWithError } from "libphonenumber-js/max";
 
 /** The E.164 form of a number given with its country code, or undefined when it is not a valid number. */
