@@ -15,7 +15,8 @@ import {
   unavailable,
   type FieldViolation,
 } from "../kit/errors.js";
-import { enqueueEvent } from "../kit/events/index.js";
+import { outboxRow } from "../kit/events/index.js";
+import { fingerprintOf, requestIdReused, requestIdViolation, runOnce } from "../kit/idempotency.js";
 import type { Logger } from "../kit/log.js";
 import type { Redis } from "../kit/redis.js";
 import { revokeTokensIssuedBefore } from "../kit/revocation.js";
@@ -24,7 +25,6 @@ import { classifyIdentifier } from "./domain/identifiers.js";
 import { validateProfileUpdate, validateRegistration, type ProfileInput } from "./domain/profile.js";
 import { createDummyHash, hashPassword, needsRehash, normalizePassword, passwordViolation, verifyPassword } from "./passwords.js";
 import type { AuthSettings } from "./settings.js";
-import { claimRequestId, completeRequestId } from "./store/idempotency.js";
 import type { AuthDB } from "./store/schema.js";
 import { createSession, recordLoginAndStartSession, revokeSession, revokeUserSessions, rotateRefreshToken, sessionOfToken, type SessionLifetimes } from "./store/sessions.js";
 import * as users from "./store/users.js";
@@ -63,7 +63,6 @@ const refreshTokenInvalid = () => unauthenticated("REFRESH_TOKEN_INVALID", "the 
 
 /** Longer inputs are not passwords; they are refused without spending a hash on them. */
 const MAX_PASSWORD_INPUT = 1024;
-const MAX_REQUEST_ID = 64;
 const ADMIN = "ADMIN";
 
 const sha256 = (text: string) => createHash("sha256").update(text).digest();
@@ -90,38 +89,32 @@ export class Accounts {
     await this.deps.throttles.registerIp.enforce(ipKey(clientIp), "RATE_LIMITED");
     const validated = validateRegistration(input);
     const violations: FieldViolation[] = validated.ok ? [] : [...validated.violations];
-    if (input.requestId.length > MAX_REQUEST_ID) {
-      violations.push({ field: "request_id", reason: "REQUEST_ID_INVALID", description: `must be at most ${MAX_REQUEST_ID} characters` });
-    }
+    const badRequestId = requestIdViolation(input.requestId);
+    if (badRequestId) violations.push(badRequestId);
     if (!validated.ok || violations.length) throw invalidArgument(violations);
     const profile = validated.value;
     const passwordHash = await hashPassword(input.password);
     // The fingerprint leaves the password out (a fast hash of it would be a weak password
     // hash); a replay proves the password by verifying it against the stored hash instead.
-    const fingerprint = sha256(JSON.stringify(profile)).toString("base64url");
-
-    const outcome = await this.deps.db.transaction().execute(async (trx) => {
-      if (input.requestId) {
-        const claim = await claimRequestId<{ userId: string }>(trx, "register", input.requestId, fingerprint);
-        if (claim.kind === "mismatch") return { kind: "mismatch" as const };
-        if (claim.kind === "replay") return { kind: "replay" as const, userId: claim.result.userId };
-      }
-      const user = await users.insertUser(trx, profile, passwordHash);
-      if (input.requestId) await completeRequestId(trx, "register", input.requestId, { userId: user.id });
-      return { kind: "created" as const, user };
-    });
-    if (outcome.kind === "created") {
-      this.deps.log.info({ userId: outcome.user.id }, "user registered");
-      return outcome.user;
+    const outcome = await runOnce(
+      this.deps.db,
+      {
+        // Register is public: the id is scoped to the operation, not to a caller.
+        key: { operation: "register", requestId: input.requestId, caller: "", fingerprint: fingerprintOf(profile) },
+        encode: (user: UserRow) => new TextEncoder().encode(user.id),
+      },
+      (trx) => users.insertUser(trx, profile, passwordHash),
+    );
+    if ("result" in outcome) {
+      this.deps.log.info({ userId: outcome.result.id }, "user registered");
+      return outcome.result;
     }
-    if (outcome.kind === "replay") {
-      const user = await users.getUserWithHash(this.deps.db, outcome.userId);
-      if (user && (await verifyPassword(user.passwordHash, input.password))) {
-        const { passwordHash: _, ...row } = user;
-        return row;
-      }
+    const user = await users.getUserWithHash(this.deps.db, new TextDecoder().decode(outcome.replay));
+    if (user && (await verifyPassword(user.passwordHash, input.password))) {
+      const { passwordHash: _, ...row } = user;
+      return row;
     }
-    throw alreadyExists("REQUEST_ID_REUSED", "this request_id was already used with a different request", { field: "request_id" });
+    throw requestIdReused(input.requestId);
   }
 
   async getUser(userId: string): Promise<UserRow> {
@@ -147,13 +140,13 @@ export class Accounts {
 
   async login(identifier: string, password: string, clientIp: string): Promise<LoginResult> {
     const id = classifyIdentifier(identifier);
-    // Both budgets are charged on every attempt; the two Redis round trips overlap.
-    await Promise.all([
+    // Both budgets are charged on every attempt, and the user is looked up meanwhile: the
+    // two Redis round trips and the Postgres one overlap (a throttled attempt only wasted a read).
+    const [, , user] = await Promise.all([
       this.deps.throttles.loginIp.enforce(ipKey(clientIp), "LOGIN_THROTTLED"),
       this.deps.throttles.loginIdentifier.enforce(identifierKey(id), "LOGIN_THROTTLED"),
+      id.value ? users.findUserByIdentifier(this.deps.db, id.kind, id.value) : undefined,
     ]);
-
-    const user = id.value ? await users.findUserByIdentifier(this.deps.db, id.kind, id.value) : undefined;
     // An unknown identifier costs the same argon2 verification as a known one.
     const hash = user?.passwordHash ?? (await this.dummyHash);
     const ok = password.length <= MAX_PASSWORD_INPUT && (await verifyPassword(hash, password)) && user !== undefined;
@@ -162,16 +155,16 @@ export class Accounts {
     // Hashes made with weaker parameters than today's are upgraded while we know the password.
     const upgraded = needsRehash(user.passwordHash) ? await hashPassword(password) : undefined;
     const refresh = newRefreshToken();
-    const { fresh, firstLogin, session } = await this.deps.db.transaction().execute(async (trx) => {
-      if (upgraded) await users.rehashPassword(trx, user.id, user.passwordHash, upgraded);
-      const { user: fresh, firstLogin, session } = await recordLoginAndStartSession(trx, user.id, refresh.hash, this.lifetimes);
-      await enqueueEvent(trx, {
-        subject: USER_LOGGED_IN_SUBJECT,
-        schema: UserLoggedInSchema,
-        message: { userId: user.id, firstLogin, loginTime: timestampFromDate(fresh.lastLoginAt ?? new Date()) },
-      });
-      return { fresh, firstLogin, session };
-    });
+    const now = new Date();
+    const event = (firstLogin: boolean) =>
+      outboxRow({ subject: USER_LOGGED_IN_SUBJECT, schema: UserLoggedInSchema, message: { userId: user.id, firstLogin, loginTime: timestampFromDate(now) } });
+    const record = (db: Kysely<AuthDB>) => recordLoginAndStartSession(db, user.id, refresh.hash, this.lifetimes, { first: event(true), later: event(false) }, now);
+    const { user: fresh, firstLogin, session } = upgraded
+      ? await this.deps.db.transaction().execute(async (trx) => {
+          await users.rehashPassword(trx, user.id, user.passwordHash, upgraded);
+          return record(trx);
+        })
+      : await record(this.deps.db);
     if (upgraded) this.deps.log.info({ userId: user.id }, "password hash upgraded to the current argon2id parameters");
     const access = await this.accessTokenFor(fresh);
     return { access, refreshToken: refresh.token, refreshExpiresAt: session.refreshExpiresAt, user: fresh, firstLogin };

@@ -16,6 +16,7 @@ import {
 } from "../../gen/vouch/auth/v1/auth_pb.js";
 import { clientIpKey, requireCaller } from "../kit/context.js";
 import { invalidArgument, permissionDenied } from "../kit/errors.js";
+import { requestIdViolation } from "../kit/idempotency.js";
 import { decodePageToken, page, pageSize } from "../kit/paging.js";
 import type { Accounts, SessionTokens, UserRow } from "./accounts.js";
 import type { KeyInfo, KeyRing, KeyState } from "./keys.js";
@@ -146,9 +147,8 @@ export function createAuthHandlers({ accounts, keys }: AuthHandlerDeps): Service
 
     async rotateSigningKey(req, ctx) {
       requireHumanAdmin(ctx);
-      if (req.requestId.length > 64) {
-        throw invalidArgument([{ field: "request_id", reason: "REQUEST_ID_INVALID", description: "must be at most 64 characters" }]);
-      }
+      const badRequestId = requestIdViolation(req.requestId);
+      if (badRequestId) throw invalidArgument([badRequestId]);
       const { newKey, previousKey } = await keys.rotate(req.requestId);
       return { newKey: keyToProto(newKey), previousKey: previousKey && keyToProto(previousKey) };
     },

@@ -1,12 +1,11 @@
 // Periodic work of every auth replica (each step is idempotent, so replicas need no leader):
 // - write recent token cutoffs back to Redis, so a Redis that lost its data (restart
 //   without persistence, failover) re-admits revoked tokens for at most `resyncEveryMs`;
-// - delete sessions that ended a week ago and request ids older than a day.
+// - delete sessions that ended a week ago (old request ids are the platform's to prune).
 import type { Kysely } from "kysely";
 import type { Logger } from "../kit/log.js";
 import type { Redis } from "../kit/redis.js";
 import { MAX_ACCESS_TOKEN_TTL_MS, revokeTokensIssuedBefore } from "../kit/revocation.js";
-import { pruneRequestIds } from "./store/idempotency.js";
 import type { AuthDB } from "./store/schema.js";
 import { pruneSessions } from "./store/sessions.js";
 import { recentRevocations } from "./store/users.js";
@@ -45,8 +44,7 @@ export function startHousekeeping(opts: HousekeepingOptions): { stop(): Promise<
   const prune = async () => {
     try {
       const sessions = await pruneSessions(db, 7 * DAY_MS);
-      const requestIds = await pruneRequestIds(db, DAY_MS);
-      if (sessions || requestIds) log.debug({ sessions, requestIds }, "pruned ended sessions and old request ids");
+      if (sessions) log.debug({ sessions }, "pruned ended sessions");
     } catch (err) {
       log.warn({ err }, "housekeeping prune failed; will retry");
     }

@@ -18,7 +18,7 @@ import { newId } from "../kit/ids.js";
 import type { Logger } from "../kit/log.js";
 import { ACCESS_TOKEN_ALGORITHMS } from "../kit/auth.js";
 import { activateKey, getKey, insertKey, listKeys, liveKeys, retireKey, withKeyLock, type StoredKey } from "./store/keys.js";
-import { claimRequestId, completeRequestId } from "./store/idempotency.js";
+import { claimRequestId, recordResponse, type RequestKey } from "../kit/idempotency.js";
 import type { AuthDB } from "./store/schema.js";
 
 export const SIGNING_ALGORITHM = "EdDSA";
@@ -168,11 +168,12 @@ export class KeyRing {
    * publishes a new next key. Returns the new and the previous active key.
    */
   async rotate(requestId = ""): Promise<{ newKey: KeyInfo; previousKey: KeyInfo | undefined }> {
-    const { newKid, previousKid } = await withKeyLock(this.opts.db, async (trx) => {
+    // A retried rotation returns the first one instead of rotating twice.
+    const key: RequestKey = { operation: "rotate_signing_key", requestId, caller: "", fingerprint: "" };
+    const { newKid, previousKid } = await withKeyLock(this.opts.db, async (trx): Promise<{ newKid: string; previousKid?: string }> => {
       if (requestId) {
-        // A retried rotation returns the first one instead of rotating twice.
-        const claim = await claimRequestId<{ newKid: string; previousKid?: string }>(trx, "rotate_signing_key", requestId, "");
-        if (claim.kind === "replay") return claim.result;
+        const claim = await claimRequestId(trx, key);
+        if (claim.kind === "replay") return JSON.parse(new TextDecoder().decode(claim.response));
       }
       const keys = await liveKeys(trx);
       const active = keys.find((k) => stateOf(k) === "active")?.kid;
@@ -180,7 +181,7 @@ export class KeyRing {
       if (active) await retireKey(trx, active, this.opts.retireAfterMs);
       await activateKey(trx, next);
       await this.publishNew(trx);
-      if (requestId) await completeRequestId(trx, "rotate_signing_key", requestId, { newKid: next, previousKid: active });
+      if (requestId) await recordResponse(trx, key, new TextEncoder().encode(JSON.stringify({ newKid: next, previousKid: active })));
       return { newKid: next, previousKid: active };
     });
     await this.reload();

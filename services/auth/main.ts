@@ -29,7 +29,7 @@ export interface AuthProcess {
   accounts: Accounts;
   keys: KeyRing;
   /** What `serve` (or a test's createServiceServer) listens with. */
-  server: Pick<ServiceServerOptions, "services" | "routes" | "httpRoutes" | "trustForwardedFor">;
+  server: Pick<ServiceServerOptions, "services" | "routes" | "httpRoutes">;
 }
 
 export function jwksRoute(keys: KeyRing): HttpRoute {
@@ -52,7 +52,15 @@ export async function startAuth(config: Config, settings: AuthSettings): Promise
     keys: (header, token) => local.keys!.verificationKey(header, token),
     isRevoked: (caller) => local.revocation!.isRevoked(caller),
   });
-  const platform = await startPlatform<AuthDB>(config, { postgres: true, redis: true, events: true, migrations: authMigrations, verifier });
+  const platform = await startPlatform<AuthDB>(config, {
+    postgres: true,
+    redis: true,
+    events: true,
+    migrations: authMigrations,
+    verifier,
+    // Register and RotateSigningKey retries come within minutes; a day is plenty.
+    requestIds: { keepMs: 86_400_000 },
+  });
   try {
     const { db, redis, log } = platform;
     if (usesDevSecrets(settings)) log.warn("AUTH_KEY_ENCRYPTION_SECRET is not set: signing keys are encrypted with the public dev secret");
@@ -93,7 +101,6 @@ export async function startAuth(config: Config, settings: AuthSettings): Promise
         services: [AuthService],
         routes: authRoutes({ accounts, keys }),
         httpRoutes: [jwksRoute(keys)],
-        trustForwardedFor: settings.trustForwardedFor,
       },
     };
   } catch (err) {

@@ -41,12 +41,6 @@ export interface AuthSettings {
   /** Encrypts signing keys at rest (AES-256-GCM under SHA-256 of this secret). */
   keyEncryptionSecret: string;
   admin: AdminBootstrap | undefined;
-  /**
-   * Take the client address from `x-forwarded-for` (set by the edge). Only when auth is
-   * reachable through the edge alone: otherwise a caller could pick its own address and
-   * escape per-address throttling.
-   */
-  trustForwardedFor: boolean;
 }
 
 export const DEV_SERVICE_CLIENTS = ["promotion", "voucher", "provider", "edge"].map((id) => `${id}=dev-${id}-client-secret`).join(",");
@@ -114,7 +108,6 @@ export function loadAuthSettings(env: Env = process.env): AuthSettings {
     serviceClients: parseServiceClients(env.AUTH_SERVICE_CLIENTS || DEV_SERVICE_CLIENTS),
     keyEncryptionSecret: env.AUTH_KEY_ENCRYPTION_SECRET || DEV_KEY_ENCRYPTION_SECRET,
     admin,
-    trustForwardedFor: env.AUTH_TRUST_FORWARDED_FOR === "true",
   };
   if (settings.sessionIdleTtlMs > settings.sessionAbsoluteTtlMs) {
     throw new Error("AUTH_SESSION_IDLE_TTL_SECONDS must not exceed AUTH_SESSION_ABSOLUTE_TTL_SECONDS");

@@ -20,11 +20,11 @@ import {
 import { DeliveryChannel } from "../../gen/vouch/type/v1/provider_code_pb.js";
 import { requireCaller, type Caller } from "../kit/context.js";
 import { failedPrecondition, invalidArgument, notFound, permissionDenied, unavailable, type FieldViolation } from "../kit/errors.js";
-import { fingerprintRequest, runIdempotent } from "../kit/idempotency.js";
+import { fingerprintRequest, requestIdViolation, runIdempotent } from "../kit/idempotency.js";
 import type { RateLimiter } from "../kit/ratelimit.js";
 import type { ProviderGateway } from "./breaker.js";
 import type { ChangeFeed } from "./changes.js";
-import { normalizePhone } from "./domain/phone.js";
+import { normalizePhone } from "../kit/phone.js";
 import { isFinal, type Channel, type RequestState } from "./domain/states.js";
 import { CHANNEL_TO_PROTO, enqueueCodeRequested, STATUS_TO_PROTO } from "./events.js";
 import { decodePageToken, page, pageSize } from "../kit/paging.js";
@@ -87,12 +87,6 @@ export function codeRequestToProto(r: CodeRequestRow): CodeRequest {
 
 /** Admins, and services acting for them, see every request; customers only their own. */
 const privileged = (caller: Caller) => caller.roles.includes("ADMIN") || caller.roles.includes("SERVICE");
-
-function requestIdViolation(requestId: string, required: boolean): FieldViolation | undefined {
-  if (!requestId) return required ? { field: "request_id", reason: "REQUEST_ID_REQUIRED", description: "is required" } : undefined;
-  if (requestId.length > 64) return { field: "request_id", reason: "REQUEST_ID_INVALID", description: "must be at most 64 characters" };
-  return undefined;
-}
 
 function phoneViolation(phone: string, required: boolean): [string | undefined, FieldViolation | undefined] {
   if (!phone.trim()) return [undefined, required ? { field: "phone_number", reason: "PHONE_NUMBER_REQUIRED", description: "is required" } : undefined];

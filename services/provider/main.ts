@@ -45,7 +45,7 @@ export interface ProviderProcess {
 }
 
 export async function startProvider(config: Config, settings: ProviderSettings, opts: { verifier?: TokenVerifier } = {}): Promise<ProviderProcess> {
-  const platform = await startPlatform<ProviderDB>(config, { postgres: true, redis: true, events: true, migrations: providerMigrations, verifier: opts.verifier });
+  const platform = await startPlatform<ProviderDB>(config, { postgres: true, redis: true, events: true, migrations: providerMigrations, verifier: opts.verifier, requestIds: true });
   try {
     const { db, nc, redis, log, metrics } = platform;
     const registry = metrics.registry;
@@ -89,14 +89,17 @@ export async function startProvider(config: Config, settings: ProviderSettings, 
       db: consumerDb,
       concurrency: settings.workerConcurrency,
       backoffMs: settings.retryBackoffMs,
-      // Waiting out an open breaker is an outage, not the event's fault (the kit retries it
-      // as transient): allow enough redeliveries to reach the request's deadline, after
-      // which the worker ends the request instead of calling the provider.
+      // A failed provider call is retried as transient (the request counts its own attempts
+      // and fails after maxAttempts); a database outage may last until the deadline.
       maxTransientDeliveries: Math.max(200, 2 * Math.ceil(settings.requestDeadlineMs / Math.max(1, settings.retryBackoffMs[settings.retryBackoffMs.length - 1]))),
+      // Waiting out an open breaker is a deferral (retryLater), not a failure: allow enough
+      // of them to reach the request's deadline, after which the worker ends the request.
+      maxDeferrals: 2 * Math.ceil(settings.requestDeadlineMs / Math.max(1, Math.min(...settings.retryBackoffMs))),
       handle: codeRequestedHandler({
         db,
         gateway,
         maxAttempts: settings.maxAttempts,
+        retryBackoffMs: settings.retryBackoffMs,
         requestDeadlineMs: settings.requestDeadlineMs,
         callbackUrl: (id) => `${settings.callbackBaseUrl}${callbackPath(id)}`,
         log,

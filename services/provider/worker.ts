@@ -3,8 +3,9 @@
 //
 //   inline code      → pending → succeeded/late_succeeded, and `code_received` in the same transaction
 //   acknowledgement  → pending → acknowledged, keeping the S256 challenge for the callback
-//   breaker open     → nothing changes; the event is handed back and redelivered after a
-//                      backoff, as often as it takes (an outage, not the request's fault)
+//   breaker open     → nothing changes; the event is handed back (`retryLater`) and
+//                      redelivered after a backoff, as often as it takes until the request's
+//                      deadline: an outage, not the request's fault, so it is no failure
 //   provider failure → the attempt is counted; retried with backoff until maxAttempts, then FAILED
 //   refusal          → FAILED at once (a 4xx or a `plain` challenge will not change on a retry)
 //
@@ -15,6 +16,7 @@ import type { MessageShape } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { CodeRequestedSchema } from "../../gen/vouch/events/v1/events_pb.js";
 import { unavailable } from "../kit/errors.js";
+import { retryLater, type EventMeta } from "../kit/events/index.js";
 import type { Logger } from "../kit/log.js";
 import { BreakerOpen, type ProviderGateway } from "./breaker.js";
 import { enqueueCodeReceived } from "./events.js";
@@ -27,6 +29,8 @@ export interface WorkerDeps {
   db: Kysely<ProviderDB>;
   gateway: ProviderGateway;
   maxAttempts: number;
+  /** Redelivery delays while the breaker is open, by delivery (the last repeats). */
+  retryBackoffMs: number[];
   /** A request not answered this long after it was made is not sent to the provider any more. */
   requestDeadlineMs: number;
   callbackUrl: (codeRequestId: string) => string;
@@ -39,7 +43,8 @@ export function callbackPath(codeRequestId: string): string {
 
 export function codeRequestedHandler(deps: WorkerDeps) {
   const { gateway, log } = deps;
-  return async (trx: Transaction<ProviderDB>, event: MessageShape<typeof CodeRequestedSchema>): Promise<void> => {
+  const backoff = (deliveryCount: number) => deps.retryBackoffMs[Math.min(deliveryCount, deps.retryBackoffMs.length) - 1] ?? 1_000;
+  return async (trx: Transaction<ProviderDB>, event: MessageShape<typeof CodeRequestedSchema>, meta: EventMeta): Promise<void> => {
     const id = event.codeRequestId;
     // No read first: the event says what to ask for, and a fresh event (the kit's inbox
     // has already dropped redeliveries of handled ones) means the request was never
@@ -58,7 +63,7 @@ export function codeRequestedHandler(deps: WorkerDeps) {
     } catch (err) {
       if (err instanceof BreakerOpen) {
         // Wait, do not fail: the request is retried when the breaker lets calls through again.
-        throw unavailable("PROVIDER_UNAVAILABLE", err.message, err.retryAfterMs);
+        throw retryLater(backoff(meta.deliveryCount), err.message);
       }
       const reason = err instanceof Error ? err.message : String(err);
       if (err instanceof ProviderRefusal) {

@@ -8,13 +8,13 @@ import type { Logger } from "../kit/log.js";
 import { bookTransition, expireTime, FROZEN_AFTER_DRAFT, voucherState, type Book, type BookSettings, type BookState, type Voucher, type VoucherState } from "./domain/model.js";
 import { checkCapacity, CodeDrawer, parsePattern, PatternError, type Capacity, type Pattern } from "./domain/pattern.js";
 import { requestGeneration } from "./events.js";
-import { runOnce, type Idempotency, type Outcome } from "./once.js";
+import type { Idempotency, OnceOutcome as Outcome } from "../kit/idempotency.js";
 import * as booksStore from "./store/books.js";
 import * as jobsStore from "./store/jobs.js";
 import { newIds } from "./store/ids.js";
 import type { Job } from "./store/jobs.js";
 import type { JobStateValue, VoucherDB } from "./store/schema.js";
-import { transaction } from "./store/tx.js";
+import { runOnce, transaction } from "./store/tx.js";
 import * as vouchersStore from "./store/vouchers.js";
 import type { VoucherSettings } from "./settings.js";
 

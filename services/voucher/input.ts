@@ -1,5 +1,6 @@
 // Protocol → domain for requests: every field checked, every problem reported at once as
 // a BadRequest field violation (INVALID_ARGUMENT) named by its path in the request.
+import { requestIdViolation } from "../kit/idempotency.js";
 import { durationMs, timestampDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { Book as BookMessage } from "../../gen/vouch/voucher/v1/voucher_pb.js";
 import type { Money as MoneyMessage } from "../../gen/vouch/type/v1/money_pb.js";
@@ -39,8 +40,8 @@ export function money(v: Violations, field: string, m: MoneyMessage | undefined,
 }
 
 export function requestId(v: Violations, value: string, required = false): string {
-  if (required && !value) v.add("request_id", "REQUEST_ID_REQUIRED", "is required");
-  if (value.length > 64) v.add("request_id", "REQUEST_ID_INVALID", "must be at most 64 characters");
+  const bad = requestIdViolation(value, required);
+  if (bad) v.list.push(bad);
   return value;
 }
 

@@ -52,7 +52,14 @@ const databaseErrors: Interceptor = (next) => async (req) => {
 };
 
 export async function startVoucher(config: Config, settings: VoucherSettings, opts: { verifier?: TokenVerifier } = {}): Promise<VoucherProcess> {
-  const platform = await startPlatform<VoucherDB>(config, { postgres: true, redis: true, events: true, migrations: voucherMigrations, verifier: opts.verifier });
+  const platform = await startPlatform<VoucherDB>(config, {
+    postgres: true,
+    redis: true,
+    events: true,
+    migrations: voucherMigrations,
+    verifier: opts.verifier,
+    requestIds: { keepMs: settings.requestRetentionMs },
+  });
   try {
     const { db, redis, nc, log, metrics } = platform;
     // COPY needs a raw pg connection, which the kit's kysely pool does not hand out.
@@ -63,6 +70,7 @@ export async function startVoucher(config: Config, settings: VoucherSettings, op
       application_name: `vouch-${config.dbSchema}-generation`,
     });
     copyPool.on("error", (err) => log.warn({ err: err.message }, "generation pool: idle connection failed"));
+    copyPool.on("connect", (client) => client.on("error", () => {})); // see kit/db.ts: a checked-out client's 'error' must not crash us
     platform.onClose(() => copyPool.end());
 
     const limiter = createRateLimiter(redis, {

@@ -4,7 +4,6 @@
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter, HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { createHash } from "node:crypto";
 import {
   BookState as BookStateEnum,
   GenerationJobState,
@@ -37,7 +36,7 @@ import type { Books } from "./books.js";
 import { IMPORTABLE_CODE, normaliseCode } from "./domain/pattern.js";
 import { expireTime, leaseLive, voucherState, type Book, type BookSettings, type BookState, type Discount, type Money, type Unusable, type Voucher, type VoucherState } from "./domain/model.js";
 import * as input from "./input.js";
-import type { Idempotency, Outcome } from "./once.js";
+import { fingerprintRequest, type Idempotency, type OnceOutcome as Outcome } from "../kit/idempotency.js";
 import { decodePageToken, page, pageSize } from "../kit/paging.js";
 import { E164, type Purchases } from "./purchased.js";
 import type { Job } from "./store/jobs.js";
@@ -219,12 +218,7 @@ function idempotency<R, I extends DescMessage, O extends DescMessage>(
 ): Idempotency<R> | undefined {
   if (!requestId) return undefined;
   return {
-    key: {
-      scope: requireCaller(ctx).subject,
-      operation: inDesc.typeName,
-      requestId,
-      fingerprint: createHash("sha256").update(toBinary(inDesc, req)).digest(),
-    },
+    key: { operation: inDesc.typeName, requestId, caller: requireCaller(ctx).subject, fingerprint: fingerprintRequest(inDesc, req) },
     encode: (r) => toBinary(outDesc, create(outDesc, toResponse(r))),
   };
 }

@@ -6,13 +6,13 @@
 // N times over.
 //
 // Each tick the leader: starts a top-up job for every active book whose free codes fell
-// below its threshold; restarts jobs whose worker died; prunes old request ids.
+// below its threshold; restarts jobs whose worker died. (Old request ids are pruned by the
+// platform on every replica: a delete by age needs no leader.)
 import pg from "pg";
 import type { Logger } from "../kit/log.js";
 import { advisoryLockKey } from "../kit/migrate.js";
 import type { Books } from "./books.js";
 import type { Kysely } from "kysely";
-import { pruneRequests } from "./store/requests.js";
 import type { VoucherDB } from "./store/schema.js";
 import type { VoucherSettings } from "./settings.js";
 
@@ -42,7 +42,6 @@ export function startScheduler(opts: SchedulerOptions): Scheduler {
   let stopping = false;
   let timer: NodeJS.Timeout | undefined;
   let wake: (() => void) | undefined;
-  let lastPrune = 0;
 
   const sleep = (ms: number) =>
     new Promise<void>((resolve) => {
@@ -73,11 +72,6 @@ export function startScheduler(opts: SchedulerOptions): Scheduler {
     for (const job of started) log.info({ bookId: job.bookId, jobId: job.id, count: job.requestedCount }, "auto top-up started");
     const restarted = await opts.books.restartAbandonedJobs(opts.settings.jobLeaseMs);
     for (const job of restarted) log.warn({ jobId: job.id, bookId: job.bookId }, "generation job restarted: its worker stopped");
-    if (Date.now() - lastPrune > 3600_000) {
-      lastPrune = Date.now();
-      const pruned = await pruneRequests(opts.db, opts.settings.requestRetentionMs);
-      if (pruned) log.info({ pruned }, "old request ids pruned");
-    }
   }
 
   const loop = (async () => {

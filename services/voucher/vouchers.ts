@@ -11,10 +11,10 @@ import type { Logger } from "../kit/log.js";
 import type { RateLimiter } from "../kit/ratelimit.js";
 import type { Redis } from "../kit/redis.js";
 import { bookCurrency, computeDiscount, whyUnusable, type Money, type Unusable, type Voucher, type VoucherState } from "./domain/model.js";
-import { runOnce, type Idempotency, type Outcome } from "./once.js";
+import type { Idempotency, OnceOutcome as Outcome } from "../kit/idempotency.js";
 import * as booksStore from "./store/books.js";
 import type { VoucherDB } from "./store/schema.js";
-import { isUniqueViolation, transaction } from "./store/tx.js";
+import { isUniqueViolation, runOnce, transaction } from "./store/tx.js";
 import * as store from "./store/vouchers.js";
 import type { RedemptionFilter, RedemptionRow, ReservationRow } from "./store/vouchers.js";
 
@@ -163,7 +163,8 @@ export class Vouchers {
     const found = new Map((await store.findByIds(this.db, [...new Set(ids)])).map((v) => [v.id, v]));
     if (!actor.privileged && ids.some((id) => found.get(id)?.ownerUserId !== actor.subject)) throw permissionDenied("NOT_OWNER", "not all of these vouchers are yours");
     const missing = ids.find((id) => !found.has(id));
-    if (missing) throw notFound("VOUCHER_NOT_FOUND", `voucher ${missing} does not exist`, { voucherId: missing });
+    // `!== undefined`: an empty id is missing too (it is falsy).
+    if (missing !== undefined) throw notFound("VOUCHER_NOT_FOUND", `voucher ${missing} does not exist`, { voucherId: missing });
     return ids.map((id) => found.get(id)!);
   }
 
@@ -269,7 +270,15 @@ export class Vouchers {
           throw failedPrecondition("RESERVATION_INVALID", "the reservation token is unknown or not for this code and user");
         }
       }
-      const voucher = await store.takeUse(trx, code, userId, order, reservation?.fence ?? null);
+      const redemptionId = newId();
+      const { voucher, reservationUsed, counted, redemption } = await store.redeemOnce(trx, {
+        code,
+        userId,
+        order,
+        reservation: reservation ? { id: reservation.id, fence: reservation.fence } : null,
+        redemptionId,
+        orderReference: input.orderReference,
+      });
       if (!voucher) {
         if (reservation) {
           const look = await store.findByCode(trx, code, userId);
@@ -279,21 +288,14 @@ export class Vouchers {
         }
         return this.explain(trx, code, userId, order, reservation?.fence);
       }
-      if (reservation && !(await store.useReservation(trx, reservation.id))) {
-        throw failedPrecondition("RESERVATION_INVALID", "the reservation was released or used already");
+      // A refusal below throws, and the transaction takes the use back.
+      if (reservation && !reservationUsed) throw failedPrecondition("RESERVATION_INVALID", "the reservation was released or used already");
+      if (!counted || !redemption) throw unusableError("USER_LIMIT_REACHED", voucher);
+      const discount = computeDiscount(voucher.book.discount, order);
+      if (redemption.discount.minor !== discount.minor) {
+        throw new Error(`redemption discount ${redemption.discount.minor} computed by the database differs from the domain's ${discount.minor}`);
       }
-      if (!(await store.countRedemption(trx, voucher.book.id, userId, voucher.book.maxRedemptionsPerUser))) {
-        throw unusableError("USER_LIMIT_REACHED", voucher);
-      }
-      return store.insertRedemption(trx, {
-        id: newId(),
-        voucher,
-        userId,
-        orderReference: input.orderReference,
-        order,
-        discount: computeDiscount(voucher.book.discount, order),
-        reservationId: reservation?.id ?? null,
-      });
+      return redemption;
     });
     if ("result" in outcome && input.reservationToken) this.forgetLease(code);
     return outcome;

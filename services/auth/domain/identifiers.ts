@@ -9,7 +9,7 @@
 // They can never be confused: an email contains "@", which a username cannot; a phone
 // number starts with "+", and a username starts with a letter. So classifying a login
 // identifier needs no database look-up and is never ambiguous.
-import { parsePhoneNumberWithError } from "libphonenumber-js/max";
+import { normalizePhone } from "../../kit/phone.js";
 import type { FieldViolation } from "../../kit/errors.js";
 
 export type IdentifierKind = "email" | "phone" | "username";
@@ -29,17 +29,7 @@ const EMAIL = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@([A-Za-z0-9](?:[A-Za-z0-9-
 export const normalizeUsername = (username: string) => username.trim().toLowerCase();
 export const normalizeEmail = (email: string) => email.trim().toLowerCase();
 
-/** E.164 form of a phone number given with its country code, or undefined when it is not a valid number. */
-export function normalizePhone(phone: string): string | undefined {
-  const input = phone.trim();
-  if (!input.startsWith("+")) return undefined;
-  try {
-    const parsed = parsePhoneNumberWithError(input);
-    return parsed.isValid() ? parsed.number : undefined;
-  } catch {
-    return undefined;
-  }
-}
+export { normalizePhone };
 
 export function usernameViolation(username: string, field = "username"): FieldViolation | undefined {
   const u = username.trim();

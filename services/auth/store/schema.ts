@@ -4,6 +4,7 @@
 // (a conditional update under the session's row lock).
 import { sql, type ColumnType, type Generated, type Kysely, type Migration } from "kysely";
 import type { EventTables } from "../../kit/events/index.js";
+import type { IdempotencyTables } from "../../kit/idempotency.js";
 
 export interface UsersTable {
   id: string;
@@ -68,23 +69,12 @@ export interface SigningKeysTable {
   retire_at: ColumnType<Date | null, never, Date | null>;
 }
 
-/** Results of retryable mutations by request id (AIP-155). */
-export interface IdempotencyKeysTable {
-  operation: string;
-  request_id: string;
-  /** Hash of the request's meaningful fields (never of a password). */
-  fingerprint: string;
-  /** Null while the first call is still running (its transaction holds the row). */
-  result: ColumnType<Record<string, unknown> | null, string | null, string>;
-  created_at: ColumnType<Date, never, never>;
-}
-
-export interface AuthDB extends EventTables {
+/** Request ids (AIP-155) live in the kit's `idempotency_keys` (added by `startPlatform`). */
+export interface AuthDB extends EventTables, IdempotencyTables {
   users: UsersTable;
   sessions: SessionsTable;
   refresh_tokens: RefreshTokensTable;
   signing_keys: SigningKeysTable;
-  idempotency_keys: IdempotencyKeysTable;
 }
 
 export type AuthDb = Kysely<AuthDB>;
@@ -161,20 +151,6 @@ export const authMigrations: Record<string, Migration> = {
       // At most one key signs, and at most one waits to sign next.
       await sql`CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys ((true)) WHERE activated_at IS NOT NULL AND retire_at IS NULL`.execute(db);
       await sql`CREATE UNIQUE INDEX signing_keys_one_next ON signing_keys ((true)) WHERE activated_at IS NULL`.execute(db);
-    },
-  },
-  "0004_idempotency_keys": {
-    async up(db: Kysely<any>) {
-      await sql`
-        CREATE TABLE idempotency_keys (
-          operation text NOT NULL,
-          request_id text NOT NULL,
-          fingerprint text NOT NULL,
-          result jsonb,
-          created_at timestamptz NOT NULL DEFAULT now(),
-          PRIMARY KEY (operation, request_id)
-        )`.execute(db);
-      await sql`CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at)`.execute(db);
     },
   },
 };

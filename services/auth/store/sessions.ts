@@ -7,6 +7,7 @@
 // replayed (stolen) token looks like, so the family is revoked. Families of different
 // users never wait for each other.
 import { sql, type Kysely, type Transaction } from "kysely";
+import type { OutboxRow } from "../../kit/events/index.js";
 import { newId } from "../../kit/ids.js";
 import type { AuthDB } from "./schema.js";
 import type { UserRow } from "./users.js";
@@ -55,9 +56,10 @@ export interface LoginRecord {
 }
 
 /**
- * Records a successful login and starts its session, in one statement (a login is on the
- * hot path: every round trip to Postgres costs about as much CPU as a tenth of the
- * password hash).
+ * Records a successful login, starts its session and writes its `user_logged_in` event to
+ * the outbox, in one statement that needs no transaction around it (a login is on the hot
+ * path: every round trip to Postgres costs about as much CPU as a tenth of the password
+ * hash).
  *
  * The first login is a conditional update (`first_login_at IS NULL`). Of concurrent first
  * logins one matches; the others wait for its row lock, re-check the condition against the
@@ -66,10 +68,12 @@ export interface LoginRecord {
  * `firstLogin: true`.
  */
 export async function recordLoginAndStartSession(
-  trx: Transaction<AuthDB>,
+  db: Db,
   userId: string,
   tokenHash: Uint8Array,
   lifetimes: SessionLifetimes,
+  /** The login event, for a first login and for a later one: the statement writes the one that applies. */
+  events: { first: OutboxRow; later: OutboxRow },
   now = new Date(),
 ): Promise<LoginRecord> {
   const { sessionId, expiresAt, idleExpiresAt } = sessionTimes(lifetimes, now);
@@ -79,13 +83,19 @@ export async function recordLoginAndStartSession(
   );
   const { rows } = await sql<UserRow & { firstLogin: boolean }>`
     WITH first AS (
-      UPDATE users SET first_login_at = now(), last_login_at = now()
+      UPDATE users SET first_login_at = ${now}, last_login_at = ${now}
       WHERE id = ${userId} AND first_login_at IS NULL
       RETURNING ${columns}, true AS "firstLogin"
     ), later AS (
-      UPDATE users SET last_login_at = now()
+      UPDATE users SET last_login_at = ${now}
       WHERE id = ${userId} AND NOT EXISTS (SELECT 1 FROM first)
       RETURNING ${columns}, false AS "firstLogin"
+    ), first_event AS (
+      INSERT INTO outbox (id, subject, payload, headers)
+      SELECT ${events.first.id}, ${events.first.subject}, ${events.first.payload}, ${events.first.headers}::jsonb WHERE EXISTS (SELECT 1 FROM first)
+    ), later_event AS (
+      INSERT INTO outbox (id, subject, payload, headers)
+      SELECT ${events.later.id}, ${events.later.subject}, ${events.later.payload}, ${events.later.headers}::jsonb WHERE EXISTS (SELECT 1 FROM later)
     ), session AS (
       INSERT INTO sessions (id, user_id, last_used_at, idle_expires_at, expires_at)
       VALUES (${sessionId}, ${userId}, ${now}, ${idleExpiresAt}, ${expiresAt})
@@ -93,7 +103,7 @@ export async function recordLoginAndStartSession(
     ), token AS (
       INSERT INTO refresh_tokens (token_hash, session_id) SELECT ${tokenHash}, id FROM session
     )
-    SELECT * FROM first UNION ALL SELECT * FROM later`.execute(trx);
+    SELECT * FROM first UNION ALL SELECT * FROM later`.execute(db);
   if (rows.length !== 1) throw new Error(`login of user ${userId}: expected one user row, got ${rows.length}`);
   const { firstLogin, ...user } = rows[0];
   return { user, firstLogin, session: { sessionId, refreshExpiresAt: idleExpiresAt } };

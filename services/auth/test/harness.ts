@@ -14,7 +14,7 @@ import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "../../../gen
 import { VoucherService } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
 import { loadConfig, type Config } from "../../kit/config.js";
 import { requireCaller } from "../../kit/context.js";
-import { startPlatform, type Platform } from "../../kit/platform.js";
+import { listen, startPlatform, type Platform } from "../../kit/platform.js";
 import { createServiceServer, type HttpRoute, type RunningServer } from "../../kit/server.js";
 import { createTestDatabase, deleteStream, testEventNames, uniqueSuffix } from "../../kit/testing.js";
 import { startAuth, type AuthProcess } from "../main.js";
@@ -61,13 +61,13 @@ export async function startAuthHarness(label: string, tune: (s: AuthSettings) =>
     natsSubjectPrefix: events.subjectPrefix,
     logLevel: LOG_LEVEL,
     shutdownGraceMs: 1_000,
+    // Tests pick their client address with x-forwarded-for, as the edge would set it.
+    trustForwardedFor: true,
   };
   const settings = loadAuthSettings({});
   // Throttling tests set their own limits; elsewhere they must not get in the way.
   settings.throttle.loginPerIp = { burst: 1_000, perHour: 100_000 };
   settings.throttle.registerPerIp = { burst: 1_000, perHour: 100_000 };
-  // Tests pick their client address with x-forwarded-for, as the edge would set it.
-  settings.trustForwardedFor = true;
   tune(settings);
 
   const replicas: AuthHarness[] = [];
@@ -108,15 +108,7 @@ async function startReplica(config: Config, settings: AuthSettings, stream: stri
   const httpRoutes: HttpRoute[] = (auth.server.httpRoutes ?? []).map((r) =>
     r.path === "/.well-known/jwks.json" ? { ...r, handle: (req, res) => (jwksFetches.push(Date.now()), r.handle(req, res)) } : r,
   );
-  const server = await createServiceServer({
-    ...auth.server,
-    httpRoutes,
-    config: platform.config,
-    log: platform.log,
-    metrics: platform.metrics,
-    readiness: platform.readiness,
-    verifier: platform.verifier,
-  }).listen();
+  const server = await listen(platform, { ...auth.server, httpRoutes });
   const nc = platform.nc;
   return {
     url: server.url,

@@ -4,7 +4,7 @@
 // on every change so WatchCodeRequest streams on any replica hear about it.
 import { sql, type ColumnType, type Kysely, type Migration } from "kysely";
 import type { EventTables } from "../../kit/events/index.js";
-import { idempotencyMigration, type IdempotencyTables } from "../../kit/idempotency.js";
+import type { IdempotencyTables } from "../../kit/idempotency.js";
 import type { Channel, ProviderStatus, RequestState } from "../domain/states.js";
 
 /** NOTIFY channel of code request changes; the payload is the request id. */
@@ -123,8 +123,7 @@ const codeRequests: Migration = {
   },
 };
 
-/** After the kit's "0000_events" (outbox, inbox, dead letters). */
+/** After the kit's "0000_events" (outbox, inbox, dead letters) and "0000_idempotency" (request ids). */
 export const providerMigrations: Record<string, Migration> = {
-  "0001_idempotency": idempotencyMigration,
-  "0002_code_requests": codeRequests,
+  "0001_code_requests": codeRequests,
 };

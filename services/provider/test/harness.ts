@@ -6,11 +6,9 @@
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomInt, randomUUID } from "node:crypto";
-import * as net from "node:net";
 import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { SignJWT, createLocalJWKSet, exportJWK, generateKeyPair, type JWK } from "jose";
 import { Redis } from "ioredis";
 import type { NatsConnection } from "nats";
 import { connectNats } from "../../kit/events/index.js";
@@ -18,10 +16,11 @@ import { createLogger } from "../../kit/log.js";
 import { ErrorInfoSchema, RetryInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { CodeReceivedSchema, type CodeReceived } from "../../../gen/vouch/events/v1/events_pb.js";
 import { ProviderService } from "../../../gen/vouch/provider/v1/provider_pb.js";
-import { createTokenVerifier, type TokenVerifier } from "../../kit/auth.js";
+import type { TokenVerifier } from "../../kit/auth.js";
 import { loadConfig, type Config } from "../../kit/config.js";
-import { createServiceServer, type RunningServer } from "../../kit/server.js";
-import { createTestDatabase, deleteStream, testEventNames, uniqueSuffix, type TestDatabase } from "../../kit/testing.js";
+import { listen } from "../../kit/platform.js";
+import type { RunningServer } from "../../kit/server.js";
+import { createTestDatabase, createTestTokens, deleteStream, freePort, testEventNames, uniqueSuffix, waitFor, type TestDatabase } from "../../kit/testing.js";
 import type { Behaviour, SimConfig } from "../../provider-sim/behaviour.js";
 import type { SimCall, SimRequest } from "../../provider-sim/sim.js";
 import type { RequestState } from "../domain/states.js";
@@ -33,23 +32,7 @@ export const LOG_LEVEL = process.env.LOG_LEVEL ?? "silent";
 const ISSUER = "https://auth.provider-test";
 const AUDIENCE = "vouch-provider-test";
 
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 15_000, everyMs = 50): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
+export { freePort, waitFor };
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -187,20 +170,9 @@ export async function startProviderHarness(
   settings.workerConcurrency = 8;
   opts.tune?.(settings);
 
-  const pair = await generateKeyPair("EdDSA", { extractable: true });
-  const kid = "provider-test-key";
-  const jwk: JWK = { ...(await exportJWK(pair.publicKey)), kid, alg: "EdDSA", use: "sig" };
-  const verifier = createTokenVerifier({ issuer: ISSUER, audience: AUDIENCE, keys: createLocalJWKSet({ keys: [jwk] }) });
-  const mint = (sub: string, roles: string[], phoneNumber?: string) =>
-    new SignJWT({ roles, ...(phoneNumber ? { phone_number: phoneNumber } : {}) })
-      .setProtectedHeader({ alg: "EdDSA", typ: "at+jwt", kid })
-      .setSubject(sub)
-      .setJti(randomUUID())
-      .setIssuedAt()
-      .setIssuer(ISSUER)
-      .setAudience(AUDIENCE)
-      .setExpirationTime("10m")
-      .sign(pair.privateKey);
+  const signer = await createTestTokens({ issuer: ISSUER, audience: AUDIENCE, kid: "provider-test-key" });
+  const verifier = signer.verifier;
+  const mint = (sub: string, roles: string[], phoneNumber?: string) => signer.sign(sub, roles, phoneNumber ? { phone_number: phoneNumber } : {});
   const tokens: Tokens = {
     customer: (userId = `user-${randomUUID()}`, phone) => mint(userId, ["CUSTOMER"], phone),
     admin: () => mint("admin-1", ["ADMIN"]),
@@ -209,14 +181,7 @@ export async function startProviderHarness(
   const provider = await startProvider(config, settings, { verifier });
   let server: RunningServer;
   try {
-    server = await createServiceServer({
-      ...provider.server,
-      config: provider.platform.config,
-      log: provider.platform.log,
-      metrics: provider.platform.metrics,
-      readiness: provider.platform.readiness,
-      verifier,
-    }).listen();
+    server = await listen(provider.platform, { ...provider.server, verifier });
   } catch (err) {
     await provider.platform.close();
     throw err;

@@ -9,7 +9,8 @@ import { Code } from "@connectrpc/connect";
 import { DeliveryChannel, ProviderCodeStatus } from "../../../gen/vouch/type/v1/provider_code_pb.js";
 import { VoucherService } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
 import { loadConfig } from "../../kit/config.js";
-import { createServiceServer, type RunningServer } from "../../kit/server.js";
+import { listen } from "../../kit/platform.js";
+import type { RunningServer } from "../../kit/server.js";
 import { uniqueSuffix } from "../../kit/testing.js";
 import { startVoucher, type VoucherProcess } from "../../voucher/main.js";
 import { loadVoucherSettings } from "../../voucher/settings.js";
@@ -31,7 +32,7 @@ before(async () => {
     { verifier: h.verifier },
   );
   const { platform } = voucher;
-  voucherServer = await createServiceServer({ ...voucher.server, config: platform.config, log: platform.log, metrics: platform.metrics, readiness: platform.readiness, verifier: h.verifier }).listen();
+  voucherServer = await listen(platform, { ...voucher.server, verifier: h.verifier });
   vouchers = createClient(VoucherService, createGrpcTransport({ baseUrl: voucherServer.url }));
 });
 after(async () => {

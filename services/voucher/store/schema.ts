@@ -13,6 +13,7 @@
 // - request ids (AIP-155) are a primary key, inserted in the transaction of the effect.
 import { sql, type ColumnType, type Generated, type Kysely, type Migration } from "kysely";
 import type { EventTables } from "../../kit/events/index.js";
+import type { IdempotencyTables } from "../../kit/idempotency.js";
 
 type Timestamp = ColumnType<Date, Date | string, Date | string>;
 type NullableTimestamp = ColumnType<Date | null, Date | string | null, Date | string | null>;
@@ -132,18 +133,6 @@ export interface GenerationJobsTable {
   finished_at: NullableTimestamp;
 }
 
-export interface RequestsTable {
-  /** Whose request id it is (the caller's subject): ids are per caller, never shared. */
-  scope: string;
-  operation: string;
-  request_id: string;
-  /** sha256 of the request as sent (minus nothing: the id itself is part of the key). */
-  fingerprint: Buffer;
-  /** The binary protobuf response, written in the same transaction as the effect. */
-  response: Buffer | null;
-  created_at: DefaultTimestamp;
-}
-
 export interface PurchasedCodesTable {
   id: string;
   code_request_id: string;
@@ -156,14 +145,13 @@ export interface PurchasedCodesTable {
   created_at: DefaultTimestamp;
 }
 
-export interface VoucherDB extends EventTables {
+export interface VoucherDB extends EventTables, IdempotencyTables {
   books: BooksTable;
   codes: CodesTable;
   book_users: BookUsersTable;
   reservations: ReservationsTable;
   redemptions: RedemptionsTable;
   generation_jobs: GenerationJobsTable;
-  requests: RequestsTable;
   purchased_codes: PurchasedCodesTable;
 }
 
@@ -295,18 +283,6 @@ const initial: Migration = {
     await sql`CREATE INDEX generation_jobs_unfinished ON generation_jobs (lease_until) WHERE state IN ('queued', 'running')`.execute(db);
     // The scheduler's "one top-up at a time per book", enforced by the database.
     await sql`CREATE UNIQUE INDEX generation_jobs_one_auto_top_up ON generation_jobs (book_id) WHERE trigger = 'auto_top_up' AND state IN ('queued', 'running')`.execute(db);
-
-    await sql`
-      CREATE TABLE requests (
-        scope text NOT NULL,
-        operation text NOT NULL,
-        request_id text NOT NULL,
-        fingerprint bytea NOT NULL,
-        response bytea,
-        created_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (scope, operation, request_id)
-      )`.execute(db);
-    await sql`CREATE INDEX requests_created ON requests (created_at)`.execute(db);
 
     await sql`
       CREATE TABLE purchased_codes (

@@ -3,6 +3,7 @@
 // as UNAVAILABLE instead of a bare INTERNAL, so clients retry with the same request_id.
 import type { Kysely, Transaction } from "kysely";
 import { Code, VouchError } from "../../kit/errors.js";
+import { runOnce as runOnceIn, type Idempotency, type OnceOutcome } from "../../kit/idempotency.js";
 
 const RETRYABLE = new Set(["40001", "40P01"]);
 const UNREACHABLE_CODES = new Set(["57P01", "57P02", "57P03", "08000", "08001", "08003", "08004", "08006", "53300"]);
@@ -42,4 +43,9 @@ export async function transaction<DB, T>(db: Kysely<DB>, work: (trx: Transaction
       throw databaseTrouble(err) ?? err;
     }
   }
+}
+
+/** The kit's request-id mechanism (AIP-155) in a transaction retried as above. */
+export function runOnce<DB, R>(db: Kysely<DB>, idem: Idempotency<R> | undefined, work: (trx: Transaction<DB>) => Promise<R>): Promise<OnceOutcome<R>> {
+  return runOnceIn(db, idem, work, (run) => transaction(db, run));
 }

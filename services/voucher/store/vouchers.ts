@@ -118,16 +118,6 @@ export async function countHolding(trx: Db, bookId: string, userId: string, max:
   return rows.length === 1;
 }
 
-/** One more redemption by the user in the book, unless that would pass `max` (0: no limit). */
-export async function countRedemption(trx: Db, bookId: string, userId: string, max: number): Promise<boolean> {
-  const { rows } = await sql`
-    INSERT INTO book_users (book_id, user_id, codes_held, redemptions) VALUES (${bookId}, ${userId}, 0, 1)
-    ON CONFLICT (book_id, user_id) DO UPDATE SET redemptions = book_users.redemptions + 1
-    WHERE ${max}::integer = 0 OR book_users.redemptions < ${max}::integer
-    RETURNING redemptions`.execute(trx);
-  return rows.length === 1;
-}
-
 /** The shared part of "this code can be used by this user now" for reserve and redeem. */
 const usableSql = (userId: string, order: Money | undefined) => sql`
   c.owner_user_id = ${userId}
@@ -138,24 +128,98 @@ const usableSql = (userId: string, order: Money | undefined) => sql`
   AND (${order?.currency ?? null}::text IS NULL OR b.currency IS NULL OR b.currency = ${order?.currency ?? null}::text)
   AND (${order ? order.minor.toString() : null}::bigint IS NULL OR b.minimum_order_minor IS NULL OR b.minimum_order_minor <= ${order ? order.minor.toString() : null}::bigint)`;
 
+export interface RedeemAttempt {
+  code: string;
+  userId: string;
+  order: Money;
+  /** The held reservation (its fence and id), or null to redeem without one. */
+  reservation: { id: string; fence: bigint } | null;
+  redemptionId: string;
+  orderReference: string;
+}
+
+export interface RedeemOutcome {
+  /** The code after taking its use; undefined when the use could not be taken (the caller explains why). */
+  voucher: Voucher | undefined;
+  /** False when the reservation was released or used meanwhile. */
+  reservationUsed: boolean;
+  /** False when the user's per-book redemption limit refused it. */
+  counted: boolean;
+  /** Present only when all of the above held. */
+  redemption: RedemptionRow | undefined;
+}
+
 /**
- * Takes one use of the code: the single winner among concurrent attempts is whoever
- * updates the row first; the others re-check the WHERE against the new row and change
- * nothing. With `fence` the caller holds that reservation and it must still be the code's
- * latest; without, no live lease may hold the code.
+ * A redemption in one statement: take one use of the code (the single winner among
+ * concurrent attempts is whoever updates the row first; the others re-check the WHERE
+ * against the new row and change nothing; with a reservation its fence must still be the
+ * code's latest, without one no live lease may hold the code), mark the
+ * reservation used, count the user's redemption within the book's limit, and insert the
+ * redemption, each step only if the previous ones held. When a later step refuses, the
+ * earlier ones have still been applied: the caller throws, which rolls the transaction back.
+ * The discount is computed here from the book's columns as `computeDiscount` does, and the
+ * caller checks the two agree.
  */
-export async function takeUse(trx: Db, code: string, userId: string, order: Money, fence: bigint | null): Promise<Voucher | undefined> {
+export async function redeemOnce(trx: Db, a: RedeemAttempt): Promise<RedeemOutcome> {
+  const fence = a.reservation?.fence ?? null;
+  const reservationId = a.reservation?.id ?? null;
   const leaseRule =
     fence === null
       ? sql`(c.lease_expires_at IS NULL OR c.lease_expires_at <= now())`
       : sql`c.fence = ${fence.toString()}::bigint`;
+  const orderMinor = a.order.minor.toString();
   const { rows } = await sql<Row>`
-    UPDATE codes c SET use_count = c.use_count + 1, last_redeemed_at = now(),
-      lease_expires_at = ${fence === null ? sql`c.lease_expires_at` : sql`NULL`}
-    FROM books b
-    WHERE c.code = ${code} AND b.id = c.book_id AND ${usableSql(userId, order)} AND ${leaseRule}
-    RETURNING ${CODE_COLUMNS}, ${BOOK_COLUMNS}`.execute(trx);
-  return rows[0] && toVoucher(rows[0]);
+    WITH used AS (
+      UPDATE codes c SET use_count = c.use_count + 1, last_redeemed_at = now(),
+        lease_expires_at = ${fence === null ? sql`c.lease_expires_at` : sql`NULL`}
+      FROM books b
+      WHERE c.code = ${a.code} AND b.id = c.book_id AND ${usableSql(a.userId, a.order)} AND ${leaseRule}
+      RETURNING ${CODE_COLUMNS}, ${BOOK_COLUMNS}
+    ), reserved AS (
+      UPDATE reservations SET used_at = now()
+      WHERE id = ${reservationId}::text AND released_at IS NULL AND used_at IS NULL AND EXISTS (SELECT 1 FROM used)
+      RETURNING id
+    ), counted AS (
+      INSERT INTO book_users AS bu (book_id, user_id, codes_held, redemptions)
+      SELECT u.book_id, ${a.userId}, 0, 1 FROM used u
+      WHERE ${reservationId}::text IS NULL OR EXISTS (SELECT 1 FROM reserved)
+      ON CONFLICT (book_id, user_id) DO UPDATE SET redemptions = bu.redemptions + 1
+      WHERE (SELECT u.b_max_redemptions_per_user FROM used u) = 0 OR bu.redemptions < (SELECT u.b_max_redemptions_per_user FROM used u)
+      RETURNING redemptions
+    ), redemption AS (
+      INSERT INTO redemptions (id, code_id, book_id, user_id, code, order_reference, order_minor, currency, discount_minor, state, reservation_id)
+      SELECT ${a.redemptionId}, u.id, u.book_id, ${a.userId}, u.code, ${a.orderReference}, ${orderMinor}::bigint, ${a.order.currency},
+        GREATEST(0, LEAST(${orderMinor}::bigint,
+          CASE WHEN u.b_discount_percent_bp IS NOT NULL
+            THEN LEAST(div(${orderMinor}::numeric * u.b_discount_percent_bp, 10000)::bigint, coalesce(u.b_discount_cap_minor, ${orderMinor}::bigint))
+            ELSE u.b_discount_amount_minor END)),
+        'redeemed', ${reservationId}::text
+      FROM used u WHERE EXISTS (SELECT 1 FROM counted)
+      RETURNING redeemed_at, discount_minor
+    )
+    SELECT u.*, EXISTS (SELECT 1 FROM reserved) AS reservation_used, EXISTS (SELECT 1 FROM counted) AS counted,
+      r.redeemed_at AS r_redeemed_at, r.discount_minor AS r_discount_minor
+    FROM (SELECT 1) one LEFT JOIN used u ON true LEFT JOIN redemption r ON true`.execute(trx);
+  const row = rows[0];
+  const voucher = row.id ? toVoucher(row) : undefined;
+  const redemption: RedemptionRow | undefined =
+    voucher && row.r_redeemed_at
+      ? {
+          id: a.redemptionId,
+          codeId: voucher.id,
+          bookId: voucher.book.id,
+          userId: a.userId,
+          code: voucher.code,
+          orderReference: a.orderReference,
+          order: a.order,
+          discount: { minor: BigInt(row.r_discount_minor), currency: a.order.currency },
+          state: "redeemed",
+          redeemedAt: new Date(row.r_redeemed_at),
+          rolledBackAt: null,
+          rollbackReason: null,
+        }
+      : undefined;
+  return { voucher, reservationUsed: row.reservation_used, counted: row.counted, redemption };
 }
 
 /** Takes a lease on the code: a new, larger fencing token and an expiry. */
@@ -219,19 +283,6 @@ export async function findReservation(db: Db, tokenHash: Buffer): Promise<Reserv
   return rows[0] && toReservation(rows[0]);
 }
 
-/** Marks a reservation used, once; false if it was released or used already. */
-export async function useReservation(trx: Db, id: string): Promise<boolean> {
-  const row = await trx
-    .updateTable("reservations")
-    .set({ used_at: sql`now()` as any })
-    .where("id", "=", id)
-    .where("released_at", "is", null)
-    .where("used_at", "is", null)
-    .returning("id")
-    .executeTakeFirst();
-  return Boolean(row);
-}
-
 /** Ends a reservation's lease if it is still the code's latest and live; then marks it released. */
 export async function releaseLease(trx: Db, r: ReservationRow): Promise<boolean> {
   const freed = await sql`
@@ -277,30 +328,6 @@ const toRedemption = (r: Row): RedemptionRow => ({
   rolledBackAt: r.rolled_back_at ? new Date(r.rolled_back_at) : null,
   rollbackReason: r.rollback_reason,
 });
-
-export async function insertRedemption(
-  trx: Db,
-  r: { id: string; voucher: Voucher; userId: string; orderReference: string; order: Money; discount: Money; reservationId: string | null },
-): Promise<RedemptionRow> {
-  const row = await trx
-    .insertInto("redemptions")
-    .values({
-      id: r.id,
-      code_id: r.voucher.id,
-      book_id: r.voucher.book.id,
-      user_id: r.userId,
-      code: r.voucher.code,
-      order_reference: r.orderReference,
-      order_minor: r.order.minor.toString(),
-      currency: r.order.currency,
-      discount_minor: r.discount.minor.toString(),
-      state: "redeemed",
-      reservation_id: r.reservationId,
-    })
-    .returningAll()
-    .executeTakeFirstOrThrow();
-  return toRedemption(row);
-}
 
 export async function findRedemption(db: Db, id: string): Promise<RedemptionRow | undefined> {
   const row = await db.selectFrom("redemptions").selectAll().where("id", "=", id).executeTakeFirst();

@@ -1,19 +1,17 @@
 // Runs the real voucher service in-process on a spare port, against the real Postgres,
 // Redis and NATS, with a database, Redis key prefix and JetStream stream of its own, and
 // tokens signed by a key made here (a local JWKS stands in for auth).
-import { randomUUID } from "node:crypto";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { SignJWT, createLocalJWKSet, exportJWK, generateKeyPair, type JWK } from "jose";
 import { VoucherService } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
 import { ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
-import { createTokenVerifier } from "../../kit/auth.js";
 import { loadConfig } from "../../kit/config.js";
-import { createServiceServer, type RunningServer } from "../../kit/server.js";
+import { listen } from "../../kit/platform.js";
+import type { RunningServer } from "../../kit/server.js";
 import { createRedis } from "../../kit/redis.js";
 import { createLogger } from "../../kit/log.js";
 import { connectNats } from "../../kit/events/index.js";
-import { createTestDatabase, deleteStream, testEventNames, uniqueSuffix, type TestDatabase } from "../../kit/testing.js";
+import { createTestDatabase, createTestTokens, deleteStream, testEventNames, uniqueSuffix, type TestDatabase } from "../../kit/testing.js";
 import { loadVoucherSettings, type VoucherSettings } from "../settings.js";
 import { startVoucher, type VoucherProcess } from "../main.js";
 
@@ -49,10 +47,8 @@ export async function startHarness(label: string, overrides: Partial<VoucherSett
   const db = await createTestDatabase(`voucher_${label}`);
   const { stream, subjectPrefix } = testEventNames(`voucher_${label}`);
   const redisPrefix = `vouch-test:${label}:${uniqueSuffix()}:`;
-  const pair = await generateKeyPair("EdDSA", { extractable: true });
-  const kid = "voucher-test-key";
-  const publicJwk: JWK = { ...(await exportJWK(pair.publicKey)), kid, alg: "EdDSA", use: "sig" };
-  const verifier = createTokenVerifier({ issuer: ISSUER, audience: AUDIENCE, keys: createLocalJWKSet({ keys: [publicJwk] }) });
+  const signer = await createTestTokens({ issuer: ISSUER, audience: AUDIENCE, kid: "voucher-test-key" });
+  const verifier = signer.verifier;
   const replicas: Replica[] = [];
 
   async function replica(extra: Partial<VoucherSettings> = {}): Promise<Replica> {
@@ -72,14 +68,7 @@ export async function startHarness(label: string, overrides: Partial<VoucherSett
     };
     const settings = { ...loadVoucherSettings({}), schedulerIntervalMs: 200, ...overrides, ...extra };
     const voucher = await startVoucher(config, settings, { verifier });
-    const server = await createServiceServer({
-      config,
-      log: voucher.platform.log,
-      metrics: voucher.platform.metrics,
-      readiness: voucher.platform.readiness,
-      verifier,
-      ...voucher.server,
-    }).listen();
+    const server = await listen(voucher.platform, { ...voucher.server, verifier });
     const client = createClient(VoucherService, createGrpcTransport({ baseUrl: server.url }));
     let stopped: Promise<void> | undefined;
     const r: Replica = {
@@ -97,16 +86,7 @@ export async function startHarness(label: string, overrides: Partial<VoucherSett
   }
 
   const first = await replica();
-  const token = (sub: string, roles = ["CUSTOMER"], claims: Record<string, unknown> = {}) =>
-    new SignJWT({ roles, ...claims })
-      .setProtectedHeader({ alg: "EdDSA", typ: "at+jwt", kid })
-      .setSubject(sub)
-      .setJti(randomUUID())
-      .setIssuedAt()
-      .setIssuer(ISSUER)
-      .setAudience(AUDIENCE)
-      .setExpirationTime("10m")
-      .sign(pair.privateKey);
+  const token = signer.sign;
   const as = async (sub: string, roles?: string[], claims?: Record<string, unknown>) => ({ headers: { authorization: `Bearer ${await token(sub, roles, claims)}` } });
 
   return {
