@@ -1,0 +1,208 @@
+// The console end to end in headless Chromium (Debian's `chromium`, driven by playwright-core)
+// against a real platform: auth, voucher, promotion, provider, provider-sim and the edge as
+// separate processes on real Postgres, Redis and NATS. An admin logs in, creates a book of
+// 1,000 codes and watches generation reach 100%, opens a QR code, creates a first-login
+// campaign; a customer registers, logs in for the first time and sees the 30% voucher.
+// Screenshots of each page go to test-artifacts/console/.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { randomInt } from "node:crypto";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { ADMIN, startTestPlatform, type TestPlatform } from "../../services/edge/test/platform.js";
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const DIST = "web/dist/index.html";
+const ARTIFACTS = "test-artifacts/console";
+
+let platform: TestPlatform;
+let browser: Browser;
+let edgeUrl: string;
+/** Set when the admin's campaign was created and activated; the customer's voucher depends on it. */
+let campaignActive = false;
+let campaignSkip: string | undefined;
+
+function newestMtime(dir: string): number {
+  return readdirSync(dir).reduce((max, name) => {
+    const path = join(dir, name);
+    const st = statSync(path);
+    return Math.max(max, st.isDirectory() ? newestMtime(path) : st.mtimeMs);
+  }, 0);
+}
+
+/** Builds the console unless web/dist is newer than every source file. */
+function ensureBuild() {
+  const sources = Math.max(newestMtime("web/src"), statSync("web/index.html").mtimeMs, statSync("web/vite.config.ts").mtimeMs);
+  if (existsSync(DIST) && statSync(DIST).mtimeMs >= sources) return;
+  const built = spawnSync(process.execPath, ["node_modules/vite/bin/vite.js", "build", "--config", "web/vite.config.ts", "--logLevel", "warn"], { encoding: "utf8" });
+  assert.equal(built.status, 0, `console build failed:\n${built.stdout}\n${built.stderr}`);
+}
+
+async function shot(page: Page, name: string) {
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+before(async () => {
+  if (!existsSync(CHROMIUM)) return;
+  mkdirSync(ARTIFACTS, { recursive: true });
+  ensureBuild();
+  platform = await startTestPlatform("console", ["auth", "voucher", "promotion", "provider", "provider-sim", "edge"], {
+    // Access tokens of 65 s: the console refreshes them silently every ~5 s (a minute before
+    // expiry), so the admin's session below goes through several refresh-token rotations.
+    auth: { TRUST_FORWARDED_FOR: "true", AUTH_ACCESS_TOKEN_TTL_SECONDS: "65" },
+    // The provider answers inline within half a second, so the customer's code arrives in the test's time.
+    "provider-sim": { PROVIDER_SIM_BEHAVIOUR: JSON.stringify({ default: { latency: [{ weight: 1, minMs: 100, maxMs: 500 }] } }) },
+  });
+  edgeUrl = platform.urls.edge!;
+  // launch() gives every run a fresh temporary profile (user-data-dir) and removes it on close.
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await platform?.stop();
+});
+
+test("an admin signs in, creates a book of 1,000 codes, watches it reach 100%, opens a QR, creates a first-login campaign", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missing (apt-get install chromium)` }, async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems: string[] = [];
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  page.on("console", (msg) => msg.type() === "error" && !/status of 4\d\d|ERR_ABORTED/.test(msg.text()) && problems.push(`console: ${msg.text()}`));
+  try {
+    await page.goto(edgeUrl);
+    await page.waitForURL("**/login");
+    await page.getByRole("heading", { name: "Sign in to Vouch" }).waitFor();
+    // A wrong password is explained, not dumped.
+    await page.getByLabel("Username, email or phone number").fill(ADMIN.username);
+    await page.getByLabel("Password").fill("not-the-password");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "Wrong username, email, phone number or password." }).waitFor();
+    await shot(page, "01-login-error");
+    await page.getByLabel("Password").fill(ADMIN.password);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+    await shot(page, "02-dashboard-empty");
+    const refreshToken = () => page.evaluate(() => (JSON.parse(sessionStorage.getItem("vouch.session") ?? "{}") as { refreshToken?: string }).refreshToken);
+    const firstRefreshToken = await refreshToken();
+    assert.ok(firstRefreshToken, "the session is kept");
+
+    // Books: live pattern preview, then generation progress from the watch stream.
+    await page.getByRole("link", { name: "Books" }).click();
+    await page.getByLabel("Book name").fill("Browser book");
+    await page.getByLabel("Number of codes").fill("1000");
+    await page.getByLabel("Code pattern").fill("BRW-****-****");
+    await page.getByTestId("pattern-preview").filter({ hasText: "Odds are fine" }).waitFor();
+    await shot(page, "03-book-preview");
+    await page.getByRole("button", { name: "Create book" }).click();
+    await page.getByTestId("generation").getByTestId("progress-text").filter({ hasText: "(100%)" }).waitFor({ timeout: 30_000 });
+    assert.match((await page.getByTestId("generation").getByTestId("progress-text").textContent()) ?? "", /1,?000 \/ 1,?000 \(100%\)/);
+    await shot(page, "04-book-generated");
+
+    // The book's codes, and one code's QR.
+    await page.getByRole("status").getByRole("link", { name: "Browser book" }).click();
+    await page.getByRole("heading", { name: "Browser book" }).waitFor();
+    await page.getByTestId("code-row").first().waitFor();
+    await page.getByTestId("code-row").first().getByRole("button", { name: "QR" }).click();
+    const qr = page.getByRole("dialog").getByRole("img");
+    await qr.waitFor();
+    assert.ok(await qr.evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth > 0), "the QR image loaded");
+    await shot(page, "05-qr");
+    await page.keyboard.press("Escape");
+
+    // A first-login campaign: 30% off, activated at once.
+    await page.getByRole("link", { name: "Campaigns" }).click();
+    await page.getByLabel("Campaign name").fill("Welcome 30%");
+    await page.getByLabel("Quota (people)").fill("100");
+    await page.getByLabel("Discount (%)").fill("30");
+    await page.getByLabel("Voucher code pattern").fill("WLC-****-****");
+    await page.getByRole("button", { name: "Create campaign" }).click();
+    const outcome = await Promise.race([
+      page.getByTestId("campaign-row").filter({ hasText: "Welcome 30%" }).filter({ hasText: "Active" }).waitFor({ timeout: 20_000 }).then(() => "active"),
+      page.getByRole("alert").waitFor({ timeout: 20_000 }).then(async () => (await page.getByRole("alert").first().textContent()) ?? "error"),
+    ]);
+    await shot(page, "06-campaigns");
+    if (outcome === "active") campaignActive = true;
+    else if (/not available yet/.test(outcome)) campaignSkip = `the promotion service does not implement campaigns yet: "${outcome}"`;
+    else assert.fail(`creating the campaign failed: ${outcome}`);
+
+    // Every other admin page renders (with its empty state or data) without errors.
+    for (const [link, heading, file] of [
+      ["Dashboard", "Dashboard", "07-dashboard"],
+      ["Redemptions", "Redemptions", "08-redemptions"],
+      ["Provider requests", "Provider requests", "09-provider-requests"],
+      ["Users", "Users", "10-users"],
+    ] as const) {
+      await page.getByRole("link", { name: link, exact: true }).click();
+      await page.getByRole("heading", { name: heading, exact: true }).waitFor();
+      await page.waitForLoadState("networkidle").catch(() => {});
+      await shot(page, file);
+    }
+    // Still signed in, the session refreshed silently: a minute before the 65 s token expires,
+    // i.e. ~5 s after signing in (the steps above may take less on a quiet machine).
+    await page.waitForFunction(
+      (first) => (JSON.parse(sessionStorage.getItem("vouch.session") ?? "{}") as { refreshToken?: string }).refreshToken !== first,
+      firstRefreshToken,
+      { timeout: 15_000 },
+    );
+    assert.ok(await refreshToken(), "still signed in after the refresh");
+    await page.getByRole("link", { name: "Books" }).click();
+    await page.getByRole("link", { name: "Browser book" }).waitFor(); // rpcs work with the refreshed token
+    await page.getByRole("button", { name: "Log out" }).click();
+    await page.waitForURL("**/login");
+    assert.equal(await refreshToken(), undefined, "logging out forgets the session");
+    assert.deepEqual(problems, []);
+  } finally {
+    await page.close();
+  }
+});
+
+test("a customer registers, logs in for the first time, sees the 30% voucher appear, and gets a provider code", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missing` }, async (t) => {
+  if (campaignSkip) {
+    t.skip(campaignSkip);
+    return;
+  }
+  assert.ok(campaignActive, "the admin test created the campaign");
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  try {
+    const n = randomInt(1_000_000_000);
+    await page.goto(`${edgeUrl}/register`);
+    await page.getByRole("heading", { name: "Create an account" }).waitFor();
+    await page.getByLabel("Full name").fill("Browser Customer");
+    await page.getByLabel("Username").fill(`buyer${n}`);
+    await page.getByLabel("Email").fill(`buyer${n}@example.com`);
+    await page.getByLabel("Phone number").fill(`+8490${String(randomInt(10_000_000)).padStart(7, "0")}`);
+    await page.getByLabel("Password").fill("violet-otter-maps-42");
+    await shot(page, "11-register");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByRole("button", { name: "Go to sign in" }).click();
+    await page.getByLabel("Username, email or phone number").fill(`buyer${n}@example.com`);
+    await page.getByLabel("Password").fill("violet-otter-maps-42");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByText("Welcome to Vouch!").waitFor();
+    const voucher = page.getByTestId("my-voucher").filter({ hasText: "30% off" });
+    await voucher.waitFor({ timeout: 30_000 });
+    assert.match((await voucher.textContent()) ?? "", /WLC-/);
+    await shot(page, "12-my-vouchers");
+    await voucher.getByRole("button", { name: "Show QR" }).click();
+    await page.getByRole("dialog").getByRole("img").waitFor();
+    await shot(page, "13-my-voucher-qr");
+    await page.keyboard.press("Escape");
+
+    // A code bought from the provider, delivered on this page through the watch stream.
+    await page.getByRole("button", { name: "Request code" }).click();
+    await page.getByTestId("code-request").filter({ hasText: "Your code:" }).waitFor({ timeout: 20_000 });
+    await shot(page, "14-provider-code");
+  } finally {
+    await context.close();
+  }
+});
