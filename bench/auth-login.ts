@@ -17,7 +17,6 @@
 import { spawn } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { createServer } from "node:net";
 import { parseArgs } from "node:util";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
@@ -27,7 +26,7 @@ import pg from "pg";
 import { connect } from "nats";
 import { AuthService } from "../gen/vouch/auth/v1/auth_pb.js";
 import { CURRENT_PARAMS, hashPassword, verifyPassword } from "../services/auth/passwords.js";
-import { createTestDatabase, deleteStream, testEventNames, uniqueSuffix } from "../services/kit/testing.js";
+import { createTestDatabase, deleteStream, freePort, testEventNames, uniqueSuffix } from "../services/kit/testing.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -45,15 +44,6 @@ const PROTOCOL = args.protocol;
 if (PROTOCOL !== "grpc" && PROTOCOL !== "connect") throw new Error("--protocol is grpc (HTTP/2) or connect (binary Connect over HTTP/1.1)");
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
 const rssMiB = (pid: number) => {
   try {
     const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);

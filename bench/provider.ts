@@ -25,19 +25,18 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import * as http from "node:http";
-import { createServer, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import { fromBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { SignJWT, exportJWK, generateKeyPair } from "jose";
 import { connect } from "nats";
 import pg from "pg";
 import { CodeReceivedSchema } from "../gen/vouch/events/v1/events_pb.js";
 import { ProviderService } from "../gen/vouch/provider/v1/provider_pb.js";
 import { DeliveryChannel } from "../gen/vouch/type/v1/provider_code_pb.js";
-import { createTestDatabase, deleteStream, testEventNames } from "../services/kit/testing.js";
+import { createTestDatabase, createTestTokens, deleteStream, freePort, testEventNames } from "../services/kit/testing.js";
 import type { SimRequest } from "../services/provider-sim/sim.js";
 
 const { values: args } = parseArgs({
@@ -60,15 +59,6 @@ const LATE_AFTER_MS = 3_000;
 const DEADLINE_MS = 8_000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
 /** CPU seconds (user + system) used so far by one process. */
 function cpuSeconds(pid: number | undefined): number {
   try {
@@ -118,24 +108,11 @@ async function main() {
   const jwksServer = http.createServer();
   try {
     // Tokens: an EdDSA key whose JWKS the provider fetches from here.
-    const { publicKey, privateKey } = await generateKeyPair("EdDSA", { extractable: true });
-    const jwk = { ...(await exportJWK(publicKey)), kid: "bench", alg: "EdDSA", use: "sig" };
-    jwksServer.on("request", (_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [jwk] })));
+    const signer = await createTestTokens({ issuer: ISSUER, audience: AUDIENCE, kid: "bench", expiresIn: "15m" });
+    jwksServer.on("request", (_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [signer.jwk] })));
     await new Promise<void>((r) => jwksServer.listen(0, "127.0.0.1", r));
     const jwksUrl = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks.json`;
-    const tokens = await Promise.all(
-      Array.from({ length: 64 }, (_, i) =>
-        new SignJWT({ roles: ["CUSTOMER"] })
-          .setProtectedHeader({ alg: "EdDSA", typ: "at+jwt", kid: "bench" })
-          .setSubject(`bench-user-${i}`)
-          .setJti(randomUUID())
-          .setIssuedAt()
-          .setIssuer(ISSUER)
-          .setAudience(AUDIENCE)
-          .setExpirationTime("15m")
-          .sign(privateKey),
-      ),
-    );
+    const tokens = await Promise.all(Array.from({ length: 64 }, (_, i) => signer.sign(`bench-user-${i}`)));
 
     const simPort = await freePort();
     const simUrl = `http://127.0.0.1:${simPort}`;

@@ -15,10 +15,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
-import { createServer } from "node:net";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { SignJWT, exportJWK, generateKeyPair, type JWK } from "jose";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 import { pipeline } from "node:stream/promises";
@@ -29,7 +27,7 @@ import { serve, startPlatform } from "../services/kit/platform.js";
 import { connectNats } from "../services/kit/events/index.js";
 import { createLogger } from "../services/kit/log.js";
 import { createRedis } from "../services/kit/redis.js";
-import { createTestDatabase, deleteStream, testEventNames, uniqueSuffix } from "../services/kit/testing.js";
+import { createTestDatabase, createTestTokens, deleteStream, freePort, testEventNames, uniqueSuffix } from "../services/kit/testing.js";
 import { CodeDrawer, parsePattern } from "../services/voucher/domain/pattern.js";
 import { newIds } from "../services/voucher/store/ids.js";
 
@@ -49,17 +47,6 @@ if (process.argv.includes("--serve-empty")) {
 
 const log = createLogger("bench-voucher", "silent");
 type Auth = { headers: { authorization: string } };
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitReady(url: string, child: ChildProcess) {
   const deadline = Date.now() + 60_000;
@@ -112,14 +99,11 @@ async function main() {
   const { stream, subjectPrefix } = testEventNames("bench_voucher");
   const redisPrefix = `vouch-bench:${uniqueSuffix()}:`;
   const children: ChildProcess[] = [];
-  const pair = await generateKeyPair("EdDSA", { extractable: true });
-  const jwk: JWK = { ...(await exportJWK(pair.publicKey)), kid: "bench", alg: "EdDSA", use: "sig" };
-  const jwks = http.createServer((_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [jwk] })));
+  const signer = await createTestTokens({ issuer: ISSUER, audience: AUDIENCE, kid: "bench", expiresIn: "30m" });
+  const jwks = http.createServer((_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [signer.jwk] })));
   await new Promise<void>((r) => jwks.listen(0, "127.0.0.1", r));
   const jwksUrl = `http://127.0.0.1:${(jwks.address() as { port: number }).port}/jwks.json`;
-  const token = (sub: string, roles = ["CUSTOMER"]) =>
-    new SignJWT({ roles }).setProtectedHeader({ alg: "EdDSA", typ: "at+jwt", kid: "bench" }).setSubject(sub).setJti(randomUUID()).setIssuedAt().setIssuer(ISSUER).setAudience(AUDIENCE).setExpirationTime("30m").sign(pair.privateKey);
-  const auth = async (sub: string, roles?: string[]): Promise<Auth> => ({ headers: { authorization: `Bearer ${await token(sub, roles)}` } });
+  const auth = async (sub: string, roles?: string[]): Promise<Auth> => ({ headers: { authorization: `Bearer ${await signer.sign(sub, roles)}` } });
 
   async function start(args: string[], port: number) {
     const env = {

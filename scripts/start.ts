@@ -114,10 +114,23 @@ async function waitHealthy(port: number, child: ChildProcess, timeoutMs = 60_000
   return false;
 }
 
+/** The edge serves the console from web/dist: build it once when it is missing (`npm run build` rebuilds). */
+function ensureConsoleBuild() {
+  if (existsSync("web/dist/index.html")) return;
+  if (!existsSync("node_modules/vite/bin/vite.js")) {
+    console.warn("[start] web/dist is missing and vite is not installed (npm ci without --omit=dev builds it): the console will not be served");
+    return;
+  }
+  console.log("[start] building the console (web/dist)…");
+  const built = spawnSync(process.execPath, ["node_modules/vite/bin/vite.js", "build", "--config", "web/vite.config.ts", "--logLevel", "warn"], { stdio: "inherit" });
+  if (built.status !== 0) console.warn("[start] the console build failed: the edge will answer 503 at /");
+}
+
 async function main() {
   const started = Date.now();
   await ensureDependencies();
   await ensureDatabase(config.databaseUrl);
+  ensureConsoleBuild();
 
   const children = new Map<ServiceName, ChildProcess>();
   let stopping = false;
@@ -163,6 +176,7 @@ async function main() {
   }
   console.log(`\n[start] Vouch is up in ${((Date.now() - started) / 1000).toFixed(1)} s:`);
   for (const [name, port] of results) console.log(`  ${name.padEnd(10)} http://127.0.0.1:${port}`);
+  console.log(`  console    http://127.0.0.1:${loadConfig("edge").port}/`);
   console.log("  try: npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://127.0.0.1:50051");
   console.log("  Ctrl-C stops everything.\n");
 }

@@ -1,0 +1,77 @@
+// `npm run bench`: the whole benchmark suite, one table. Runs the ceilings first, then every
+// path's script as its own process (each starts the services it drives, in a database,
+// stream and Redis prefix of its own, on loopback), collects the rows they report, and
+// prints them with their ratios to the ceilings measured in this same run. Writes the rows
+// to bench/results/<time>.json as well.
+//
+//   npm run bench                 full suite (≈ 10 minutes on 2 cores)
+//   npm run bench -- --quick      short phases and a 100,000-code generation (a smoke run)
+//   npm run bench -- voucher auth only the scripts whose names contain these words
+import { spawnSync } from "node:child_process";
+import { cpus, totalmem } from "node:os";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { readRows, type BenchRow } from "./lib/harness.js";
+
+const SCRIPTS = ["ceilings", "auth-login", "voucher", "promotion", "provider", "edge"];
+const args = process.argv.slice(2);
+const quick = args.includes("--quick");
+const only = args.filter((a) => !a.startsWith("--"));
+const selected = SCRIPTS.filter((s) => only.length === 0 || only.some((o) => s.includes(o)));
+
+const resultsDir = join("bench", "results");
+mkdirSync(resultsDir, { recursive: true });
+const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+const rowsFile = join(resultsDir, `${stamp}.jsonl`);
+rmSync(rowsFile, { force: true });
+
+const env = {
+  ...process.env,
+  BENCH_RESULT_FILE: rowsFile,
+  ...(quick ? { BENCH_SECONDS: "2", BENCH_GENERATE: "100000", BENCH_REQUESTS: "300" } : {}),
+};
+const failed: string[] = [];
+for (const script of selected) {
+  console.log(`\n── bench/${script}.ts ${"─".repeat(60 - script.length)}`);
+  const started = Date.now();
+  const result = spawnSync(process.execPath, ["--import", "tsx", join("bench", `${script}.ts`)], { env, stdio: "inherit", timeout: 20 * 60_000 });
+  if (result.status !== 0) failed.push(`${script} (exit ${result.status ?? result.signal})`);
+  console.log(`   ${script} took ${((Date.now() - started) / 1000).toFixed(0)} s`);
+}
+
+const rows = readRows(rowsFile);
+const num = (n: number | undefined, digits = 0) => (n === undefined || Number.isNaN(n) ? "" : n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }));
+const ms = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? "" : n < 10 ? n.toFixed(2) : n.toFixed(1));
+const header = ["path", "via", "rate", "unit", "p50 ms", "p95 ms", "p99 ms", "errors", "RSS MiB", "ratio", "goal", "ceiling"];
+const table = rows.map((r: BenchRow) => [
+  r.path,
+  r.via,
+  num(r.rate),
+  r.unit,
+  ms(r.p50Ms),
+  ms(r.p95Ms),
+  ms(r.p99Ms),
+  String(r.errors),
+  num(r.rssMiB),
+  r.ratio === undefined ? "" : r.ratio.toFixed(2),
+  r.goal === undefined ? "" : `≥ ${r.goal}${r.ratio !== undefined ? (r.ratio >= r.goal ? " ✓" : " ✗") : ""}`,
+  r.ceiling ?? "",
+]);
+const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i].length)));
+const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i])).join(" | ")} |`;
+
+console.log(`\nVouch bench — ${new Date().toISOString()} — node ${process.version}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB${quick ? " — QUICK run" : ""}`);
+console.log(line(header));
+console.log(`|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`);
+for (const t of table) console.log(line(t));
+
+const summary = { time: new Date().toISOString(), node: process.version, cores: cpus().length, quick, scripts: selected, failed, rows };
+const jsonFile = join(resultsDir, `${stamp}.json`);
+writeFileSync(jsonFile, `${JSON.stringify(summary, null, 2)}\n`);
+writeFileSync(join(resultsDir, "latest.json"), `${JSON.stringify(summary, null, 2)}\n`);
+rmSync(rowsFile, { force: true });
+console.log(`\nresults: ${jsonFile} (and bench/results/latest.json)`);
+if (failed.length) {
+  console.error(`failed: ${failed.join(", ")}`);
+  process.exit(1);
+}
