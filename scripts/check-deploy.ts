@@ -7,10 +7,11 @@
 //   schemas of `kubernetes-models`, and Vouch's own rules are checked: every service has a
 //   Deployment with ≥ 2 replicas, readiness on /readyz, liveness on /healthz, resources,
 //   a non-root read-only container, no service links (they would clash with *_PORT), a
-//   Service, an autoscaling/v2 HPA and a PodDisruptionBudget selecting its pods, and every
-//   ConfigMap/Secret key it reads exists.
+//   Service, an autoscaling/v2 HPA and a PodDisruptionBudget selecting its pods, every
+//   ConfigMap/Secret key it reads exists, and every variable it sets is one the code reads.
 // - docker-compose.yml: every process and data store is there with a health check, every
-//   `depends_on` waits on a health check, peer URLs name a compose service on its port;
+//   `depends_on` waits on a health check, peer URLs name a compose service on its port,
+//   every variable a Vouch process is given is one the code reads;
 //   `docker compose config -q` (or docker-compose v1) runs too when it is installed.
 // - Dockerfile: multi-stage on Node 24, production dependencies, non-root, HEALTHCHECK, the
 //   files it copies exist, and `npm run build:server` exists.
@@ -183,13 +184,19 @@ async function validateSchema(where: string, o: Obj) {
 const selects = (selector: Obj | undefined, labels: Obj | undefined) =>
   !!selector && Object.keys(selector).length > 0 && Object.entries(selector).every(([k, v]) => labels?.[k] === v);
 
-/** Every configuration key the code reads, to catch misspelt ConfigMap keys. */
+/**
+ * Every configuration key the code reads, to catch misspelt keys in the ConfigMap, a
+ * container's env and compose's environment. Tests are left out: a test that sets a name
+ * nothing reads must not make it look read.
+ */
 const knownEnvNames = (() => {
-  const names = new Set<string>();
+  const names = new Set<string>(["SERVICE"]); // read by the image's entrypoint (Dockerfile)
   const walk = (dir: string) => {
     for (const name of readdirSync(dir)) {
       const path = join(dir, name);
-      if (statSync(path).isDirectory()) walk(path);
+      if (statSync(path).isDirectory()) {
+        if (name !== "test") walk(path);
+      }
       else if (name.endsWith(".ts")) for (const m of readFileSync(path, "utf8").matchAll(/\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b|\b(?:HOST|PORT)\b/g)) names.add(m[0]);
     }
   };
@@ -251,6 +258,7 @@ function checkVouchRules(where: string, objects: Obj[], requireOptional: boolean
         if (ref.secretRef && !secrets.has(ref.secretRef.name)) external.add(ref.secretRef.name);
       }
       for (const e of env.values()) {
+        if (!knownEnvNames.has(e.name)) fail(cat, `env ${e.name} is not read by any service`);
         const cmRef = e.valueFrom?.configMapKeyRef;
         const secRef = e.valueFrom?.secretKeyRef;
         if (cmRef && !(cmRef.key in (configMaps.get(cmRef.name)?.data ?? {}))) fail(cat, `env ${e.name}: ConfigMap ${cmRef.name} has no key ${cmRef.key}`);
@@ -346,6 +354,7 @@ function checkCompose() {
     }
     if ((VOUCH_SERVICES as readonly string[]).includes(name) || (OPTIONAL_SERVICES as readonly string[]).includes(name)) {
       if (env.SERVICE !== name) fail(at, `SERVICE must be "${name}"`);
+      for (const key of Object.keys(env)) if (!knownEnvNames.has(key)) fail(at, `environment ${key} is not read by any service`);
       if (!svc.build && !svc.image) fail(at, "needs build or image");
       if (env.HOST !== "0.0.0.0") fail(at, "HOST must be 0.0.0.0 inside a container");
       if (svc.environment && name !== "provider-sim") {

@@ -149,7 +149,9 @@ async function main() {
 
   SERVICES.forEach((name, i) => {
     const child = spawn(process.execPath, ["--import", "tsx", `services/${name}/main.ts`], {
-      env: process.env,
+      // Browsers reach auth through the edge, which sets x-forwarded-for: without trusting it
+      // every login would count against the edge's own address in the per-address throttle.
+      env: name === "auth" ? { ...process.env, TRUST_FORWARDED_FOR: "true" } : process.env,
       stdio: ["ignore", "pipe", "pipe"],
     });
     prefixLines(name, colors[i % colors.length], child.stdout!, process.stdout);

@@ -71,7 +71,7 @@ function newCustomer() {
 }
 
 before(async () => {
-  platform = await startTestPlatform("edge", ["auth", "voucher"], { auth: { TRUST_FORWARDED_FOR: "true", AUTH_TRUST_FORWARDED_FOR: "true", AUTH_LOGIN_IP_BURST: "3", AUTH_LOGIN_IP_PER_HOUR: "1" } });
+  platform = await startTestPlatform("edge", ["auth", "voucher"], { auth: { TRUST_FORWARDED_FOR: "true", AUTH_LOGIN_IP_BURST: "3", AUTH_LOGIN_IP_PER_HOUR: "1" } });
   staticDir = mkdtempSync(join(tmpdir(), "vouch-edge-static-"));
   mkdirSync(join(staticDir, "assets"));
   writeFileSync(join(staticDir, "index.html"), "<!doctype html><title>console</title>");
