@@ -7,6 +7,7 @@
 //                    update that also stops the deadline sweep and cancels; then redeem the
 //                    voucher (idempotent by order), credit the phone (idempotent by order),
 //                    and COMPLETED with its event — or FAILED, the redemption rolled back
+//                    or, when the voucher was refused, the reservation released
 //   deadline / cancel AWAITING_TRANSFER → EXPIRED / CANCELLED, then release the reservation
 //
 // Each remote step is idempotent and the order records how far it got, so a crash or an
@@ -231,7 +232,8 @@ export class TopUps {
       } catch (err) {
         if (voucherUnreachable(err)) unavailableFromVoucher(err);
         // The voucher was refused after payment (it expired meanwhile, the book was paused):
-        // nothing was redeemed and the phone is not topped up; the payment is refunded.
+        // nothing was redeemed and the phone is not topped up; the payment is refunded, and
+        // finish releases the reservation so the voucher is not locked until its lease lapses.
         const reason = voucherReason(err) ?? "UNKNOWN";
         this.deps.log.error({ err, topUpId: order.id, reason }, "voucher refused at redemption after payment");
         return this.finish(order, "failed", { failureMessage: `the voucher could not be redeemed (${reason}); the payment will be refunded` });
@@ -283,9 +285,10 @@ export class TopUps {
     if (done) {
       this.deps.onFinished?.(to);
       this.deps.log.info({ topUpId: order.id, state: to }, "top-up order finished");
+      if (done.releasePending) await this.release(done);
       return done;
     }
-    return (await store.findTopUp(this.deps.db, order.id))!; // another replica finished it
+    return (await store.findTopUp(this.deps.db, order.id))!; // another replica finished it (and releases)
   }
 
   async cancel(actor: Actor, id: string): Promise<TopUp> {

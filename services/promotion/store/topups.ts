@@ -148,7 +148,10 @@ export async function recordRedemption(db: Db, id: string, redemptionId: string)
   await db.updateTable("top_ups").set({ redemption_id: redemptionId, updated_at: sql<Date>`now()` }).where("id", "=", id).where("state", "=", "processing").execute();
 }
 
-/** PROCESSING → COMPLETED | FAILED, once. */
+/**
+ * PROCESSING → COMPLETED | FAILED, once. A failed order that redeemed nothing still holds
+ * its reservation: release_pending until it is released after commit.
+ */
 export async function finishProcessing(
   db: Db,
   id: string,
@@ -163,6 +166,7 @@ export async function finishProcessing(
       failure_message: fields.failureMessage ?? null,
       finished_at: sql<Date>`now()`,
       updated_at: sql<Date>`now()`,
+      ...(to === "failed" && { release_pending: sql<boolean>`reservation_token IS NOT NULL AND redemption_id IS NULL` }),
     })
     .where("id", "=", id)
     .where("state", "=", "processing")

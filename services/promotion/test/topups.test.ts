@@ -34,10 +34,10 @@ after(async () => {
 });
 
 /** A customer holding a fresh campaign voucher (30 % off, at most 50,000, from 20,000). */
-async function customerWithVoucher() {
+async function customerWithVoucher(fromCampaign = campaignId) {
   const userId = newId();
   const auth = await h.as(userId);
-  const grant = (await h.client.claimCampaign({ campaignId }, auth)).grant!;
+  const grant = (await h.client.claimCampaign({ campaignId: fromCampaign }, auth)).grant!;
   assert.ok(grant.voucher?.code, "the claim issued its voucher");
   return { userId, auth, code: grant.voucher.code, voucherId: grant.voucherId };
 }
@@ -151,6 +151,31 @@ describe("top-ups", () => {
     assert.match(failed.failureMessage, /refunded/);
     assert.equal((await redemptionsOf(code))[0].state, RedemptionState.ROLLED_BACK);
     assert.equal(await voucherState(voucherId), VoucherState.ASSIGNED);
+  });
+
+  test("the voucher refused at redemption after payment fails the order and releases its reservation at once", async () => {
+    // Its own campaign: pausing the book must not touch the vouchers of the other tests.
+    const campaign = await h.activeCampaign({ type: 2, quota: 3 });
+    const { auth, code, voucherId } = await customerWithVoucher(campaign.id);
+    const order = (await h.client.createTopUp({ phoneNumber: newPhone(), amount: vnd(100_000), voucherCode: code, requestId: newId() }, auth)).topUp!;
+    assert.equal(await voucherState(voucherId), VoucherState.RESERVED);
+    const admin = await h.admin();
+    await h.voucherClient.pauseBook({ bookId: campaign.bookId }, admin);
+
+    const confirm = { transferReference: order.transferInstructions!.reference, amountPaid: order.transferInstructions!.amount, requestId: newId() };
+    const failed = (await h.client.confirmTransfer(confirm, admin)).topUp!;
+    assert.equal(failed.state, TopUpState.FAILED);
+    assert.match(failed.failureMessage, /BOOK_NOT_ACTIVE.*refunded/);
+    assert.equal((await redemptionsOf(code)).length, 0, "nothing was redeemed");
+    assert.equal(await voucherState(voucherId), VoucherState.ASSIGNED, "the reservation is released, not left to its lease");
+    const row = await h.promotion.platform.db.selectFrom("top_ups").select("release_pending").where("id", "=", order.id).executeTakeFirstOrThrow();
+    assert.equal(row.release_pending, false);
+    assert.equal((await h.client.confirmTransfer(confirm, admin)).topUp!.state, TopUpState.FAILED, "a replayed confirmation changes nothing");
+
+    // Once the book is active again the voucher pays another order.
+    await h.voucherClient.activateBook({ bookId: campaign.bookId }, admin);
+    const next = (await h.client.createTopUp({ phoneNumber: newPhone(), amount: vnd(100_000), voucherCode: code, requestId: newId() }, auth)).topUp!;
+    assert.equal(next.state, TopUpState.AWAITING_TRANSFER);
   });
 
   test("an operator outage mid-saga leaves the order PROCESSING, and the sweep completes it once the operator is back", async () => {
