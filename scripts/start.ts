@@ -7,6 +7,7 @@ import { existsSync, readdirSync } from "node:fs";
 import * as net from "node:net";
 import { loadConfig, DEFAULT_PORTS, type ServiceName } from "../services/kit/config.js";
 import { ensureDatabase } from "../services/kit/db.js";
+import { serviceNodeArgs } from "../services/kit/launch.js";
 
 const SERVICES: ServiceName[] = ["auth", "voucher", "promotion", "provider", "provider-sim", "edge"];
 const config = loadConfig("edge");
@@ -148,7 +149,7 @@ async function main() {
   process.on("SIGTERM", () => stopAll(0));
 
   SERVICES.forEach((name, i) => {
-    const child = spawn(process.execPath, ["--import", "tsx", `services/${name}/main.ts`], {
+    const child = spawn(process.execPath, serviceNodeArgs(`services/${name}/main.ts`), {
       // Browsers reach auth through the edge, which sets x-forwarded-for: without trusting it
       // every login would count against the edge's own address in the per-address throttle.
       env: name === "auth" ? { ...process.env, TRUST_FORWARDED_FOR: "true" } : process.env,

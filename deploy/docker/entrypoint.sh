@@ -8,4 +8,6 @@ case "$SERVICE" in
   *) echo "entrypoint: unknown service '$SERVICE' (auth, promotion, voucher, provider, edge, provider-sim)" >&2; exit 64 ;;
 esac
 export SERVICE
-exec node "/app/dist/services/$SERVICE/main.js"
+# The tracing preload first (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set): it must
+# patch pg and ioredis before the service imports them.
+exec node --import /app/dist/services/kit/tracing-preload.js "/app/dist/services/$SERVICE/main.js"

@@ -12,6 +12,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { startBalancer, type Balancer } from "./balancer.js";
 import { removeOnAbruptExit, track } from "./infra.js";
 import { freePort, waitFor } from "./util.js";
+import { serviceNodeArgs } from "../../services/kit/launch.js";
 
 export type ServiceKind = "auth" | "voucher" | "provider" | "promotion";
 export const ALL_SERVICES: readonly ServiceKind[] = ["auth", "voucher", "provider", "promotion"];
@@ -111,7 +112,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     const logFile = join(dir, `${name}.log`);
     async function launch() {
       const fd = openSync(logFile, "a");
-      const proc = spawn(process.execPath, ["--import", "tsx", entry], { env: { ...baseEnv(), ...env }, stdio: ["ignore", fd, fd] });
+      const proc = spawn(process.execPath, serviceNodeArgs(entry), { env: { ...baseEnv(), ...env }, stdio: ["ignore", fd, fd] });
       closeSync(fd);
       track(proc);
       child = proc;

@@ -18,6 +18,7 @@ import { startPlatform, type Platform } from "../kit/platform.js";
 import { createRateLimiter } from "../kit/ratelimit.js";
 import { createRevocationCheck } from "../kit/revocation.js";
 import type { RunningServer } from "../kit/server.js";
+import { traceClientInterceptor } from "../kit/tracing.js";
 import { consoleRoute } from "./console.js";
 import { createCorsPolicy } from "./cors.js";
 import { forwardService } from "./forward.js";
@@ -69,7 +70,7 @@ export async function startEdge(config: Config, settings: EdgeSettings, opts: { 
       routes: (router) => {
         for (const [service, peer] of FRONTED) {
           // One HTTP/2 connection per service, multiplexing every forwarded call.
-          const transport = createGrpcTransport({ baseUrl: config.peers[peer] });
+          const transport = createGrpcTransport({ baseUrl: config.peers[peer], interceptors: [traceClientInterceptor] });
           forwardService(router, service, transport, { defaultTimeoutMs: settings.defaultTimeoutMs });
         }
       },

@@ -1,11 +1,13 @@
-// The interceptor every service runs outermost: request id, per-call logger, metrics, and
-// the single place where thrown errors become wire errors.
+// The interceptor every service runs outermost: request id, trace span, per-call logger,
+// metrics, and the single place where thrown errors become wire errors.
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { randomUUID } from "node:crypto";
+import { context } from "@opentelemetry/api";
 import { toConnectError } from "./errors.js";
 import { loggerKey } from "./context.js";
 import type { Logger } from "./log.js";
 import type { Metrics } from "./metrics.js";
+import { startServerSpan } from "./tracing.js";
 
 export const REQUEST_ID_HEADER = "x-request-id";
 
@@ -14,10 +16,12 @@ export function observeInterceptor(opts: { domain: string; log: Logger; metrics:
   return (next) => async (req) => {
     const rpc = `${req.service.typeName}/${req.method.name}`;
     const requestId = req.header.get(REQUEST_ID_HEADER) || randomUUID();
+    const span = startServerSpan(req.service.typeName, req.method.name, req.header);
     const callLog = log.child({ requestId, rpc });
     req.contextValues.set(loggerKey, callLog);
     const started = process.hrtime.bigint();
-    const finish = (code: Code | undefined) => {
+    const finish = (code: Code | undefined, err?: ConnectError) => {
+      span.finish(err);
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const codeName = code === undefined ? "OK" : Code[code];
       metrics.rpcRequests.inc({ rpc, code: codeName });
@@ -26,32 +30,37 @@ export function observeInterceptor(opts: { domain: string; log: Logger; metrics:
     };
     const fail = (err: unknown): never => {
       const wire = toConnectError(err, domain, callLog);
-      finish(wire.code);
+      finish(wire.code, wire);
       throw wire;
     };
-    try {
-      const res = await next(req);
-      res.header.set(REQUEST_ID_HEADER, requestId);
-      if (!res.stream) {
-        finish(undefined);
-        return res;
+    // Everything below runs in the span's context, so every log line of the call (errors
+    // included) carries its trace id, and the handler's SQL, Redis and peer calls join it.
+    return context.with(span.ctx, async () => {
+      try {
+        const res = await next(req);
+        res.header.set(REQUEST_ID_HEADER, requestId);
+        if (!res.stream) {
+          finish(undefined);
+          return res;
+        }
+        // Streaming: the outcome is only known when the stream ends.
+        const source = res.message;
+        const inSpan = <T>(fn: () => T) => context.with(span.ctx, fn);
+        return {
+          ...res,
+          message: (async function* () {
+            try {
+              yield* source;
+              inSpan(() => finish(undefined));
+            } catch (err) {
+              inSpan(() => fail(err));
+            }
+          })(),
+        };
+      } catch (err) {
+        return fail(err);
       }
-      // Streaming: the outcome is only known when the stream ends.
-      const source = res.message;
-      return {
-        ...res,
-        message: (async function* () {
-          try {
-            yield* source;
-            finish(undefined);
-          } catch (err) {
-            fail(err);
-          }
-        })(),
-      };
-    } catch (err) {
-      return fail(err);
-    }
+    });
   };
 }
 

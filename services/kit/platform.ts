@@ -17,6 +17,7 @@ import { startOutboxRelay } from "./events/relay.js";
 import { createTokenVerifier, type TokenVerifier } from "./auth.js";
 import { createRevocationCheck } from "./revocation.js";
 import type { ReadinessCheck } from "./health.js";
+import { flushTraces } from "./tracing.js";
 import { createServiceServer, type RunningServer, type ServiceServerOptions } from "./server.js";
 
 export interface PlatformOptions {
@@ -56,7 +57,8 @@ const missing = (what: string) =>
 export async function startPlatform<DB>(config: Config, opts: PlatformOptions): Promise<Platform<DB>> {
   const log = createLogger(config.service, config.logLevel);
   const metrics = createMetrics(config.service);
-  const closers: (() => Promise<unknown> | unknown)[] = [];
+  // Closers run in reverse: the spans of the shutdown itself are flushed last.
+  const closers: (() => Promise<unknown> | unknown)[] = [flushTraces];
   const readiness: ReadinessCheck[] = [];
   // Tokens revoked by auth (password change, role revoked) are refused here too; the
   // check opens its own Redis client on first use (see revocation.ts).

@@ -8,6 +8,7 @@ import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { AuthService } from "../../gen/vouch/auth/v1/auth_pb.js";
+import { traceClientInterceptor } from "./tracing.js";
 
 type Env = Record<string, string | undefined>;
 
@@ -35,7 +36,7 @@ export interface ServiceTokenSource {
 
 export function createServiceTokenSource(opts: ServiceCredentials & { authUrl: string; renewBeforeMs?: number }): ServiceTokenSource {
   const renewBeforeMs = opts.renewBeforeMs ?? 60_000;
-  const auth = createClient(AuthService, createGrpcTransport({ baseUrl: opts.authUrl }));
+  const auth = createClient(AuthService, createGrpcTransport({ baseUrl: opts.authUrl, interceptors: [traceClientInterceptor] }));
   let cached: { token: string; expiresAt: number } | undefined;
   let pending: Promise<string> | undefined;
 

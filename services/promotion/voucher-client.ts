@@ -18,6 +18,7 @@ import {
 } from "../../gen/vouch/voucher/v1/voucher_pb.js";
 import { VouchError } from "../kit/errors.js";
 import { createServiceTokenSource, serviceCredentials } from "../kit/service-token.js";
+import { traceClientInterceptor } from "../kit/tracing.js";
 import type { Discount, Money } from "./domain/model.js";
 
 export type VoucherClient = Client<typeof VoucherService>;
@@ -113,7 +114,7 @@ export interface VoucherGateway {
 
 export function createVoucherGateway(opts: VoucherGatewayOptions): VoucherGateway {
   const tokens = createServiceTokenSource({ authUrl: opts.authUrl, ...serviceCredentials("promotion", opts.env) });
-  const client = createClient(VoucherService, createGrpcTransport({ baseUrl: opts.voucherUrl, interceptors: [tokens.interceptor] }));
+  const client = createClient(VoucherService, createGrpcTransport({ baseUrl: opts.voucherUrl, interceptors: [traceClientInterceptor, tokens.interceptor] }));
   const call = { timeoutMs: opts.timeoutMs };
 
   return {

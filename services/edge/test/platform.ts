@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import * as net from "node:net";
 import { connectNats } from "../../kit/events/stream.js";
 import { createLogger } from "../../kit/log.js";
+import { serviceNodeArgs } from "../../kit/launch.js";
 import { createTestDatabase, deleteStream, testEventNames, uniqueSuffix, type TestDatabase } from "../../kit/testing.js";
 
 export type PlatformProcess = "auth" | "voucher" | "promotion" | "provider" | "provider-sim" | "edge";
@@ -91,7 +92,7 @@ export async function startTestPlatform(
     const order = ["auth", ...processes.filter((p) => p !== "auth")] as PlatformProcess[];
     for (const group of [order.filter((p) => p === "auth"), order.filter((p) => p !== "auth")]) {
       for (const name of group) {
-        const child = spawn(process.execPath, [...(nodeArgs[name] ?? []), "--import", "tsx", `services/${name}/main.ts`], {
+        const child = spawn(process.execPath, [...(nodeArgs[name] ?? []), ...serviceNodeArgs(`services/${name}/main.ts`)], {
           env: { ...env, ...extraEnv[name] },
           stdio: ["ignore", "pipe", "pipe"],
         });

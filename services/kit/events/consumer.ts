@@ -32,6 +32,7 @@ import type { Registry } from "prom-client";
 import { assertIdentifier } from "../db.js";
 import { isTransient } from "../errors.js";
 import { newId } from "../ids.js";
+import { withConsumerSpan } from "../tracing.js";
 import type { Logger } from "../log.js";
 import { counter, histogram, LATENCY_BUCKETS } from "./metrics.js";
 import { EVENT_TYPE_HEADER, type EventTables } from "./outbox.js";
@@ -412,7 +413,8 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
             continue;
           }
           while (inflight.size >= concurrency) await new Promise<void>((r) => (freeSlot = r));
-          const p: Promise<void> = handleMessage(m)
+          // Each delivery joins the trace of the change that produced the event.
+          const p: Promise<void> = withConsumerSpan(durable, relativeSubject(m.subject), m.headers, () => handleMessage(m))
             .catch((err) => log.error({ err }, "unexpected error handling an event"))
             .finally(() => {
               inflight.delete(p);

@@ -8,6 +8,7 @@
 import { create, toBinary, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import { sql, type ColumnType, type Generated, type Kysely, type Migration, type Transaction } from "kysely";
 import { newId } from "../ids.js";
+import { traceHeaders } from "../tracing.js";
 
 /** The LISTEN/NOTIFY channel; the payload is the schema whose outbox has new rows. */
 export const OUTBOX_CHANNEL = "vouch_outbox";
@@ -174,7 +175,8 @@ export function outboxRow<Desc extends DescMessage>(input: EnqueueEventInput<Des
     id: newId(),
     subject: input.subject,
     payload: toBinary(input.schema, create(input.schema, input.message)),
-    headers: JSON.stringify({ ...input.headers, [EVENT_TYPE_HEADER]: input.schema.typeName }),
+    // The producer's trace context travels with the event, so its consumers join the trace.
+    headers: JSON.stringify({ ...traceHeaders(), ...input.headers, [EVENT_TYPE_HEADER]: input.schema.typeName }),
   };
 }
 
