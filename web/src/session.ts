@@ -2,10 +2,13 @@
 // CSP is what keeps scripts of others away from it), the access token refreshed silently a
 // minute before it expires and whenever a call finds it expired. One refresh at a time:
 // refresh tokens rotate, and a second use of a rotated one would end the whole session.
+// Only auth refusing the refresh token ends the session; a failed refresh for any other
+// reason (offline, rate limited, auth down) keeps it and is tried again.
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
+import { RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { AuthService, Role, UserSchema, type User } from "../../gen/vouch/auth/v1/auth_pb.js";
 import { fromJson, toJson } from "@bufbuild/protobuf";
 import { EDGE_URL } from "./env.js";
@@ -20,6 +23,8 @@ export interface Session {
 
 const KEY = "vouch.session";
 const REFRESH_BEFORE_MS = 60_000;
+/** After a refresh that failed without ending the session, unless the error says how long to wait. */
+const REFRESH_RETRY_MS = 5_000;
 // Login, refresh and logout need no token: a transport without the session interceptor.
 const auth = createClient(AuthService, createConnectTransport({ baseUrl: EDGE_URL }));
 
@@ -48,11 +53,11 @@ function save(s: Session | undefined) {
   for (const l of listeners) l(s);
 }
 
-function schedule() {
+function schedule(atLeastMs = 1_000) {
   if (timer) clearTimeout(timer);
   timer = undefined;
   if (!current) return;
-  const wait = Math.max(1_000, current.accessExpiresAt - REFRESH_BEFORE_MS - Date.now());
+  const wait = Math.max(atLeastMs, current.accessExpiresAt - REFRESH_BEFORE_MS - Date.now());
   timer = setTimeout(() => void refresh().catch(() => {}), wait);
 }
 
@@ -106,8 +111,14 @@ function refresh(): Promise<Session | undefined> {
       save(next);
       return next;
     } catch (err) {
-      save(undefined); // the session is over (expired, revoked, reused): sign in again
-      throw err;
+      const ce = ConnectError.from(err);
+      if (ce.code === Code.Unauthenticated) {
+        save(undefined); // the refresh token was refused (expired, revoked, reused): sign in again
+      } else {
+        const retry = ce.findDetails(RetryInfoSchema)[0]?.retryDelay;
+        schedule(retry ? Number(retry.seconds) * 1_000 + retry.nanos / 1e6 : REFRESH_RETRY_MS);
+      }
+      throw err; // the caller shows it
     } finally {
       refreshing = undefined;
     }

@@ -2,7 +2,8 @@
 // against a real platform: auth, voucher, promotion, provider, provider-sim and the edge as
 // separate processes on real Postgres, Redis and NATS. An admin logs in, creates a book of
 // 1,000 codes and watches generation reach 100%, opens a QR code, creates a first-login
-// campaign; a customer registers, logs in for the first time and sees the 30% voucher.
+// campaign; a customer registers, logs in for the first time and sees the 30% voucher; a
+// refresh failing offline or rate limited keeps the session, a refused one ends it.
 // Screenshots of each page go to test-artifacts/console/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -202,6 +203,57 @@ test("a customer registers, logs in for the first time, sees the 30% voucher app
     await page.getByRole("button", { name: "Request code" }).click();
     await page.getByTestId("code-request").filter({ hasText: "Your code:" }).waitFor({ timeout: 20_000 });
     await shot(page, "14-provider-code");
+  } finally {
+    await context.close();
+  }
+});
+
+test("a refresh that fails offline or rate limited keeps the session and is retried; a refused refresh token ends it", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missing` }, async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  const stored = () => page.evaluate(() => (JSON.parse(sessionStorage.getItem("vouch.session") ?? "{}") as { refreshToken?: string }).refreshToken);
+  // What the edge "answers" to RefreshToken; the access tokens of 65 s are refreshed ~5 s after each sign-in or refresh.
+  let answer: "offline" | "rate limited" | "real" | "refused" = "offline";
+  let attempts = 0;
+  const attemptsReach = async (n: number) => {
+    const deadline = Date.now() + 20_000;
+    while (attempts < n) {
+      assert.ok(Date.now() < deadline, `refresh attempt ${n} did not come (${attempts} so far)`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await new Promise((r) => setTimeout(r, 500)); // the console handles the answer
+  };
+  try {
+    await page.route("**/vouch.auth.v1.AuthService/RefreshToken", async (route) => {
+      attempts++;
+      const connectError = (status: number, code: string) => route.fulfill({ status, contentType: "application/json", body: JSON.stringify({ code, message: `refresh ${code}` }) });
+      if (answer === "offline") return route.abort("internetdisconnected");
+      if (answer === "rate limited") return connectError(429, "resource_exhausted");
+      if (answer === "refused") return connectError(401, "unauthenticated");
+      return route.continue();
+    });
+    await page.goto(`${edgeUrl}/login`);
+    await page.getByLabel("Username, email or phone number").fill(ADMIN.username);
+    await page.getByLabel("Password").fill(ADMIN.password);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+    const signedIn = await stored();
+    assert.ok(signedIn);
+
+    await attemptsReach(1);
+    assert.equal(await stored(), signedIn, "offline: still signed in");
+    answer = "rate limited";
+    await attemptsReach(2);
+    assert.equal(await stored(), signedIn, "rate limited: still signed in");
+    assert.match(page.url(), /\/dashboard$/);
+
+    answer = "real";
+    await page.waitForFunction((first) => (JSON.parse(sessionStorage.getItem("vouch.session") ?? "{}") as { refreshToken?: string }).refreshToken !== first, signedIn, { timeout: 20_000 });
+    assert.ok(await stored(), "the retry refreshed the session");
+
+    answer = "refused";
+    await page.waitForURL("**/login", { timeout: 20_000 });
+    assert.equal(await stored(), undefined, "a refused refresh token ends the session");
   } finally {
     await context.close();
   }
