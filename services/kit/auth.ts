@@ -3,7 +3,6 @@
 import type { Interceptor } from "@connectrpc/connect";
 import { getOption, type DescMethod } from "@bufbuild/protobuf";
 import {
-  createRemoteJWKSet,
   decodeProtectedHeader,
   errors as joseErrors,
   jwtVerify,
@@ -12,6 +11,7 @@ import {
 import { access, Access } from "../../gen/vouch/options/v1/options_pb.js";
 import { callerKey, type Caller } from "./context.js";
 import { Code, VouchError, permissionDenied, unauthenticated } from "./errors.js";
+import { remoteKeys, type RemoteKeysOptions } from "./jwks.js";
 
 /** Asymmetric algorithms only; pinned so that `alg: none` or HS256-with-the-public-key can never verify. */
 export const ACCESS_TOKEN_ALGORITHMS = ["EdDSA"];
@@ -20,8 +20,10 @@ export const ACCESS_TOKEN_TYPE = "at+jwt";
 export interface TokenVerifierOptions {
   issuer: string;
   audience: string;
-  /** Where to get auth's public keys: its JWKS URL (cached, refetched on an unknown `kid`) or a key getter. */
+  /** Where to get auth's public keys: its JWKS URL (see jwks.ts: cached, refetched on an unknown `kid`, kept through an auth outage) or a key getter. */
   keys: URL | JWTVerifyGetKey;
+  /** How the JWKS URL is fetched. */
+  jwks?: RemoteKeysOptions;
   /** Lets auth refuse tokens issued before a password change or logout-everywhere. */
   isRevoked?: (caller: Caller) => Promise<boolean>;
   /** Verified tokens remembered (default 10,000): a client sends the same token on every call. */
@@ -36,10 +38,7 @@ export interface TokenVerifier {
 const KEY_SELECTING_HEADERS = ["jku", "jwk", "x5u", "x5c"] as const;
 
 export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
-  const keys =
-    opts.keys instanceof URL
-      ? createRemoteJWKSet(opts.keys, { cooldownDuration: 5_000, cacheMaxAge: 10 * 60_000, timeoutDuration: 3_000 })
-      : opts.keys;
+  const keys = opts.keys instanceof URL ? remoteKeys(opts.keys, opts.jwks) : opts.keys;
   // The signature check is the costly part of a call's authentication, and it can only
   // come out the same for the same token string: remember the claims of verified tokens
   // until they expire. Expiry and revocation are still checked on every call.
