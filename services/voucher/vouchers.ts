@@ -92,9 +92,13 @@ export class Vouchers {
   }
 
   /** Says why a refused reserve/redeem was refused; the rules are ValidateVoucher's. */
-  private async explain(trx: Kysely<VoucherDB>, code: string, userId: string, order: Money | undefined, heldFence?: bigint): Promise<never> {
+  private async explain(trx: Kysely<VoucherDB>, code: string, userId: string, order: Money | undefined, heldFence?: bigint, chargeMisses = false): Promise<never> {
     const look = await store.findByCode(trx, code, userId);
     const why = whyUnusable(look.voucher, { userId, now: look.now, userRedemptions: look.userRedemptions, order, heldFence });
+    // A redeem that misses tells the caller whether a code exists (and whose it is): each
+    // miss costs from the same per-user budget as ValidateVoucher (reserve pays up front),
+    // so guessing codes through RedeemVoucher is throttled too; a redeem that succeeds never is.
+    if (chargeMisses && (why === "UNKNOWN_CODE" || why === "NOT_OWNER")) await this.deps.limiter.enforce(userId);
     if (why) throw unusableError(why, look.voucher);
     // Nothing wrong any more: the row changed between the two statements. Safe to retry.
     throw new VouchError(Code.Aborted, "TRANSACTION_ABORTED", "the voucher changed concurrently; retry with the same request_id");
@@ -286,7 +290,7 @@ export class Vouchers {
             throw failedPrecondition("RESERVATION_STALE", "the reservation expired and the code has been reserved again since");
           }
         }
-        return this.explain(trx, code, userId, order, reservation?.fence);
+        return this.explain(trx, code, userId, order, reservation?.fence, true);
       }
       // A refusal below throws, and the transaction takes the use back.
       if (reservation && !reservationUsed) throw failedPrecondition("RESERVATION_INVALID", "the reservation was released or used already");

@@ -255,6 +255,19 @@ describe("validate", () => {
     assert.equal((await h.client.validateVoucher({ code: "GUESS-X" }, await h.as("u-innocent"))).valid, false, "other users are unaffected");
   });
 
+  test("guessing codes through RedeemVoucher is limited by the same budget, while the guesser's own redeems still succeed", async () => {
+    const { bookId } = await book(2);
+    const own = await assign(bookId, "u-redeem-guesser");
+    const guesser = await h.as("u-redeem-guesser");
+    const reasons: string[] = [];
+    for (let i = 0; i < 40; i++) reasons.push((await failure(h.client.redeemVoucher(redeemReq(`GUESS-R-${i}`), guesser))).reason);
+    const firstLimited = reasons.indexOf("RATE_LIMITED");
+    assert.ok(firstLimited >= 29 && firstLimited <= 32, `misses limited after about the burst of 30 (first at ${firstLimited})`);
+    assert.ok(reasons.slice(0, firstLimited).every((r) => r === "VOUCHER_NOT_FOUND"));
+    assert.ok(reasons.slice(firstLimited).every((r) => r === "RATE_LIMITED"));
+    assert.ok((await h.client.redeemVoucher(redeemReq(own.code), guesser)).redemption, "a redeem of one's own code is not charged");
+  });
+
   test("codes past their book's end are expired for every rpc", async () => {
     const { bookId } = await book(2);
     const v = await assign(bookId, "u-end");
