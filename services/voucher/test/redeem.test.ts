@@ -260,7 +260,7 @@ describe("validate", () => {
     const own = await assign(bookId, "u-redeem-guesser");
     const guesser = await h.as("u-redeem-guesser");
     const reasons: string[] = [];
-    for (let i = 0; i < 40; i++) reasons.push((await failure(h.client.redeemVoucher(redeemReq(`GUESS-R-${i}`), guesser))).reason);
+    for (let i = 0; i < 40; i++) reasons.push((await failure(h.client.redeemVoucher(redeemReq(`GUESS-R-${i}`), guesser))).reason ?? "");
     const firstLimited = reasons.indexOf("RATE_LIMITED");
     assert.ok(firstLimited >= 29 && firstLimited <= 32, `misses limited after about the burst of 30 (first at ${firstLimited})`);
     assert.ok(reasons.slice(0, firstLimited).every((r) => r === "VOUCHER_NOT_FOUND"));
