@@ -61,7 +61,10 @@ export class GenerationWorker {
       concurrency: this.opts.settings.generationConcurrency,
       log: this.opts.log,
       registry,
-      handle: async (_trx, event, meta) => {
+      // A job runs for up to minutes in chunks of its own transactions, and claimJob's lease
+      // already makes a second run of the same job a no-op: no transaction around it.
+      transactional: false,
+      handle: async (_db, event, meta) => {
         await this.run(event.generationJobId, meta.deliveryCount >= MAX_DELIVER);
       },
     });

@@ -78,6 +78,13 @@ export interface ConsumerOptions<Desc extends DescMessage, DB> {
   schemaName: string;
   /** Applies the event's effect inside `trx`; throw to have the event retried. */
   handle: (trx: Transaction<DB>, event: MessageShape<Desc>, meta: EventMeta) => Promise<void>;
+  /**
+   * false for a handler that runs for long (a generation job of minutes) and is idempotent
+   * by itself: it then runs outside any transaction (its `trx` is the pool, `db`), and the
+   * inbox row is written after it returns, so no transaction stays open — holding back
+   * vacuum and a pool connection — for the whole run. Default true.
+   */
+  transactional?: boolean;
   /** Deliveries before a message whose handler keeps failing is parked (default 5). */
   maxDeliver?: number;
   /**
@@ -261,7 +268,7 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
     const heartbeat = setInterval(() => reply(m, "working"), Math.max(100, ackWaitMs / 3));
     let outcome: "processed" | "duplicate";
     try {
-      outcome = await opts.db.transaction().execute(async (trx) => {
+      outcome = await (opts.transactional === false ? handleOutsideTransaction(event, meta) : opts.db.transaction().execute(async (trx) => {
         const fresh = await (trx as unknown as Kysely<EventTables>)
           .withSchema(schemaName)
           .insertInto("inbox")
@@ -281,7 +288,7 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
             .execute();
         }
         return "processed" as const;
-      });
+      }));
     } catch (err) {
       if (err instanceof RetryLater) {
         await defer(m, eventId, err);
@@ -312,6 +319,17 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
   }
 
   /** Counts a deferral and hands the message back; if the count cannot be stored, the nak still goes. */
+  /** `transactional: false`: look in the inbox, run the handler on the pool, then record it. */
+  async function handleOutsideTransaction(event: MessageShape<Desc>, meta: EventMeta): Promise<"processed" | "duplicate"> {
+    const events = (opts.db as unknown as Kysely<EventTables>).withSchema(schemaName);
+    const seen = await events.selectFrom("inbox").select("event_id").where("consumer", "=", durable).where("event_id", "=", meta.eventId).executeTakeFirst();
+    if (seen) return "duplicate";
+    await opts.handle(opts.db as unknown as Transaction<DB>, event, meta);
+    await events.insertInto("inbox").values({ consumer: durable, event_id: meta.eventId }).onConflict((oc) => oc.doNothing()).execute();
+    if (meta.deliveryCount > 1) await events.deleteFrom("event_deferrals").where("consumer", "=", durable).where("event_id", "=", meta.eventId).execute();
+    return "processed";
+  }
+
   async function defer(m: JsMsg, eventId: string, request: RetryLater) {
     try {
       await tables

@@ -284,6 +284,35 @@ describe("consumers", () => {
     assert.equal(await metricValue(registry, "vouch_events_consumed_total", { outcome: "duplicate" }), 1);
   });
 
+  test("a non-transactional handler runs on the pool, not in a transaction, and a duplicate is still handled once", async () => {
+    const { db, schema } = await freshService("no_trx");
+    const { stream, subjectPrefix } = await freshStream("no_trx", nc, 100);
+    const registry = new Registry();
+    const inTransaction: boolean[] = [];
+    await consume({
+      db,
+      schemaName: schema,
+      stream,
+      durable: "no_trx",
+      registry,
+      transactional: false,
+      handle: async (pool, event, meta) => {
+        inTransaction.push(pool.isTransaction);
+        await pool.insertInto("effects").values({ event_id: meta.eventId, value: event.value }).onConflict((oc) => oc.doNothing()).execute();
+      },
+    });
+
+    await publish(nc, `${subjectPrefix}.test.happened`, "evt-nt", encode("once"));
+    await waitFor("the first copy handled", async () => (await metricValue(registry, "vouch_events_consumed_total")) === 1);
+    await new Promise((r) => setTimeout(r, 150)); // past the 100 ms dedupe window
+    await publish(nc, `${subjectPrefix}.test.happened`, "evt-nt", encode("once"));
+    await waitFor("the second copy seen", async () => (await metricValue(registry, "vouch_events_consumed_total")) === 2);
+
+    assert.deepEqual(inTransaction, [false], "handled once, outside any transaction");
+    assert.equal(await metricValue(registry, "vouch_events_consumed_total", { outcome: "duplicate" }), 1);
+    assert.deepEqual(await db.selectFrom("effects").select(["event_id", "value"]).execute(), [{ event_id: "evt-nt", value: "once" }]);
+  });
+
   test("an event redelivered after its effect committed but before the ack is not applied again", async () => {
     const { db, schema } = await freshService("dup_crash");
     const { stream, subjectPrefix } = await freshStream("dup_crash");
