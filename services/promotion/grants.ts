@@ -9,7 +9,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { Kysely, Transaction } from "kysely";
 import { VoucherGrantedSchema, type UserLoggedIn, type VoucherGranted } from "../../gen/vouch/events/v1/events_pb.js";
 import { alreadyExists, Code, failedPrecondition, notFound, VouchError } from "../kit/errors.js";
-import { enqueueEvent, type EventMeta } from "../kit/events/index.js";
+import { enqueueEvent, retryLater, type EventMeta } from "../kit/events/index.js";
 import { newId } from "../kit/ids.js";
 import type { Logger } from "../kit/log.js";
 import { isOver, type Grant } from "./domain/model.js";
@@ -70,7 +70,8 @@ export class Grants {
         return granted;
       }
     }
-    throw new Error(`first login of ${event.userId} kept racing a duplicate; retrying the event`);
+    // Not the event's fault: redeliver it shortly rather than count a failure toward parking.
+    throw retryLater(200, `first login of ${event.userId} kept racing a duplicate; retrying the event`);
   }
 
   /**

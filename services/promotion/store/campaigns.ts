@@ -216,17 +216,31 @@ export interface Slot {
  * transaction, backs it when two such replays race.
  */
 export async function takeFirstLoginSlots(trx: Transaction<PromotionDB>, userId: string, loginAt: Date): Promise<Slot[]> {
+  // The running campaigns are locked in id order before any is updated: two logins taking
+  // slots of the same two campaigns then queue on the first instead of deadlocking, which
+  // a plain multi-row UPDATE (rows locked in whatever order the scan meets them) can do.
   const rows = await trx
-    .updateTable("campaigns as c")
-    .set({ granted: sql`c.granted + 1`, updated_at: sql`now()` })
-    .where("c.type", "=", "first_login")
-    .where("c.state", "=", "active")
-    .where(sql<boolean>`c.granted < c.quota`)
-    .where(sql<boolean>`greatest(c.start_at, c.activated_at) <= ${loginAt}`)
-    .where((eb) => eb.or([eb("c.end_at", "is", null), eb("c.end_at", ">", loginAt)]))
-    .where(({ not, exists, selectFrom }) =>
-      not(exists(selectFrom("grants as g").select("g.id").whereRef("g.campaign_id", "=", "c.id").where("g.user_id", "=", userId))),
+    .with("eligible", (db) =>
+      db
+        .selectFrom("campaigns as c")
+        .select("c.id")
+        .where("c.type", "=", "first_login")
+        .where("c.state", "=", "active")
+        .where(sql<boolean>`c.granted < c.quota`)
+        .where(sql<boolean>`greatest(c.start_at, c.activated_at) <= ${loginAt}`)
+        .where((eb) => eb.or([eb("c.end_at", "is", null), eb("c.end_at", ">", loginAt)]))
+        .where(({ not, exists, selectFrom }) =>
+          not(exists(selectFrom("grants as g").select("g.id").whereRef("g.campaign_id", "=", "c.id").where("g.user_id", "=", userId))),
+        )
+        .orderBy("c.id")
+        .forUpdate(),
     )
+    .updateTable("campaigns as c")
+    .from("eligible as e")
+    .set({ granted: sql`c.granted + 1`, updated_at: sql`now()` })
+    .whereRef("c.id", "=", "e.id")
+    // Re-checked on the locked row: the quota is still the database's, never a stale read.
+    .where(sql<boolean>`c.granted < c.quota`)
     .returning(["c.id", "c.book_id"])
     .execute();
   return rows.map((r) => ({ campaignId: r.id, bookId: r.book_id }));

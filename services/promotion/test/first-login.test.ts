@@ -108,6 +108,21 @@ describe("first-login grants", () => {
     await restarted.stop();
   });
 
+  test("two first-login campaigns at once: each fills exactly, a login takes one slot of each, and no login deadlocks", async () => {
+    const a = await h.activeCampaign({ quota: 40, name: "First 40 (a)" });
+    const b = await h.activeCampaign({ quota: 40, name: "First 40 (b)" });
+    const users = Array.from({ length: 150 }, () => newId());
+    const eventIds = await Promise.all(users.map((u) => h.publishLogin(u)));
+    await waitFor("every login handled", async () => (await handledLogins(eventIds)) === 150, 30_000, 100);
+    const [doneA, doneB] = [await allIssued(a.id, 40), await allIssued(b.id, 40)];
+    assert.deepEqual([doneA.rows.length, doneA.granted, doneB.rows.length, doneB.granted], [40, 40, 40, 40]);
+    // Both campaigns' slots are taken in one statement per login: the same 40 users won both.
+    assert.deepEqual(doneA.rows.map((r) => r.user_id).sort(), doneB.rows.map((r) => r.user_id).sort());
+    assert.deepEqual(await db().selectFrom("dead_letters").selectAll().execute(), []);
+    const admin = await h.admin();
+    for (const c of [a, b]) await h.client.endCampaign({ campaignId: c.id }, admin);
+  });
+
   test("a login that is not the first, or a paused campaign, grants nothing", async () => {
     const campaign = await h.activeCampaign({ quota: 5 });
     const regular = await h.publishLogin(newId(), { firstLogin: false });
