@@ -1,10 +1,12 @@
-// The machine's ceilings, measured in the same run as the paths they bound: an empty rpc on
-// our runtime (gRPC over HTTP/2 and Connect over HTTP/1.1), Postgres' raw conditional UPDATE
-// and COPY, Redis GET and INCR, JetStream publish + consume, and one argon2id verification.
-// A path's ratio to its ceiling says how much of the machine the service turns into useful
-// work; the absolute numbers move with the machine's load, the ratios much less.
+// The machine's ceilings, measured in the same run as the paths they bound: an empty
+// authenticated rpc on our runtime (gRPC over HTTP/2 and Connect JSON over HTTP/1.1),
+// Postgres' raw conditional UPDATE and a raw COPY into the voucher service's own `codes`
+// table, Redis GET and INCR, JetStream publish + consume, and argon2id verification with
+// auth's parameters. `npm run bench` runs this first; every path row names the ceiling (its
+// `vs` id) its rate is divided by. The absolute numbers move with the machine's load, the
+// ratios much less.
 //
-//   npx tsx bench/ceilings.ts        (BENCH_SECONDS=5 per ceiling)
+//   npx tsx bench/ceilings.ts        (BENCH_SECONDS=5 per ceiling, BENCH_GENERATE=1000000 rows COPYed; --quick)
 import { randomBytes, randomUUID } from "node:crypto";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -13,30 +15,43 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { AckPolicy, DeliverPolicy } from "nats";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
-import { PromotionService } from "../gen/vouch/promotion/v1/promotion_pb.js";
+import { VoucherService } from "../gen/vouch/voucher/v1/voucher_pb.js";
+import { createDb } from "../services/kit/db.js";
 import { connectNats } from "../services/kit/events/index.js";
+import { runMigrations } from "../services/kit/migrate.js";
 import { createLogger } from "../services/kit/log.js";
 import { createRedis } from "../services/kit/redis.js";
 import { hashPassword, verifyPassword } from "../services/auth/passwords.js";
-import { benchEnvironment, connectJsonCaller, load, report, row, rssMiB, type BenchEnvironment, type BenchRow } from "./lib/harness.js";
+import { CodeDrawer, parsePattern } from "../services/voucher/domain/pattern.js";
+import { voucherMigrations } from "../services/voucher/store/schema.js";
+import { newIds } from "../services/voucher/store/ids.js";
+import { benchEnvironment, connectJsonCaller, load, options, report, row, sampleRss, type BenchEnvironment, type BenchRow } from "./lib/harness.js";
 
 const log = createLogger("bench-ceilings", "silent");
 
-/** An rpc whose handler returns at once, on our runtime, over gRPC (HTTP/2) or Connect JSON (HTTP/1.1). */
+/**
+ * An authenticated rpc (ValidateVoucher, a customer's token) whose handler returns at once, on
+ * our runtime, over gRPC (HTTP/2, one connection) or Connect JSON (HTTP/1.1, a keep-alive
+ * socket per loop).
+ */
 export async function emptyRpc(env: BenchEnvironment, protocol: "grpc" | "connect", concurrency: number, seconds: number): Promise<BenchRow> {
   const server = await env.start("bench/empty-server.ts");
+  const auth = await env.auth("bench-customer");
+  const request = { code: "BENCH-000001", orderAmount: { minorUnits: 10_000n, currencyCode: "USD" } };
+  const rss = sampleRss([server.child.pid]);
   if (protocol === "grpc") {
-    const client = createClient(PromotionService, createGrpcTransport({ baseUrl: server.url }));
-    await load({ concurrency, seconds: 1 }, () => client.listActiveCampaigns({}));
-    const r = await load({ concurrency, seconds }, () => client.listActiveCampaigns({}));
-    return row("ceiling: empty rpc", `gRPC h2, ${concurrency} concurrent`, r, { rssMiB: rssMiB(server.child.pid) });
+    const client = createClient(VoucherService, createGrpcTransport({ baseUrl: server.url }));
+    await load({ concurrency, seconds: 1 }, () => client.validateVoucher(request, auth));
+    const r = await load({ concurrency, seconds }, () => client.validateVoucher(request, auth));
+    return row("ceiling.empty-rpc.grpc", "ceiling: empty rpc", `gRPC h2, ${concurrency} concurrent`, r, { unit: "calls/s", rssMiB: rss.stop() });
   }
   const caller = connectJsonCaller(server.url, concurrency);
-  const procedure = "vouch.promotion.v1.PromotionService/ListActiveCampaigns";
+  const procedure = "vouch.voucher.v1.VoucherService/ValidateVoucher";
+  const body = { code: request.code, orderAmount: { minorUnits: "10000", currencyCode: "USD" } };
   try {
-    await load({ concurrency, seconds: 1 }, () => caller.call(procedure, {}));
-    const r = await load({ concurrency, seconds }, () => caller.call(procedure, {}));
-    return row("ceiling: empty rpc", `Connect JSON h1.1, ${concurrency} concurrent`, r, { rssMiB: rssMiB(server.child.pid) });
+    await load({ concurrency, seconds: 1 }, () => caller.call(procedure, body, auth.headers));
+    const r = await load({ concurrency, seconds }, () => caller.call(procedure, body, auth.headers));
+    return row("ceiling.empty-rpc.connect", "ceiling: empty rpc", `Connect JSON h1.1, ${concurrency} concurrent`, r, { unit: "calls/s", rssMiB: rss.stop() });
   } finally {
     caller.close();
   }
@@ -53,42 +68,45 @@ export async function pgConditionalUpdate(databaseUrl: string, concurrency: numb
       const res = await pool.query("UPDATE bench_ceiling_slots SET used = used + 1 WHERE id = $1 AND used < quota RETURNING used", [ids[w]]);
       if (res.rowCount !== 1) throw new Error("conditional update changed no row");
     });
-    return row("ceiling: pg conditional UPDATE", `pg, ${concurrency} connections`, r, { unit: "tx/s" });
+    return row("ceiling.pg-update", "ceiling: pg conditional UPDATE", `pg, ${concurrency} connections, autocommit`, r, { unit: "tx/s" });
   } finally {
     await pool.query("DROP TABLE IF EXISTS bench_ceiling_slots").catch(() => {});
     await pool.end();
   }
 }
 
-/** One COPY of `count` random 12-character codes into a table with a unique index on them. */
+/**
+ * One COPY of `count` pre-drawn random codes into the voucher service's own `codes` table
+ * (its migrations applied to this bench's database: the same columns, indexes and fill
+ * factor a generation job inserts into), timed from the first row sent to the commit.
+ */
 export async function pgCopy(databaseUrl: string, count: number): Promise<BenchRow> {
-  const client = new pg.Client({ connectionString: databaseUrl });
+  const db = createDb({ url: databaseUrl, schema: "voucher", applicationName: "bench-ceiling" });
+  await runMigrations(db, { schema: "voucher", migrations: voucherMigrations, log });
+  await db.destroy();
+  const client = new pg.Client({ connectionString: databaseUrl, options: "-c search_path=voucher" });
   await client.connect();
   try {
-    await client.query("CREATE TABLE IF NOT EXISTS bench_ceiling_codes (id uuid PRIMARY KEY, code text NOT NULL UNIQUE)");
-    const alphabet = "ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+    await client.query("INSERT INTO books (id, name, discount_percent_bp, uses_per_code, code_pattern, state) VALUES ('ceiling', 'ceiling', 1000, 1, 'C-*{12}', 'draft')");
+    const codes = new CodeDrawer(parsePattern("C-*{12}")).drawDistinct(count);
+    const ids = newIds(count);
     const started = performance.now();
     await pipeline(
       Readable.from(
         (function* () {
-          for (let i = 0; i < count; i += 5_000) {
+          for (let i = 0; i < count; i += 2_000) {
             let chunk = "";
-            for (let k = i; k < Math.min(i + 5_000, count); k++) {
-              const bytes = randomBytes(12);
-              let code = "";
-              for (const b of bytes) code += alphabet[b % alphabet.length];
-              chunk += `${randomUUID()}\t${code}${k}\n`;
-            }
+            for (let k = i; k < Math.min(i + 2_000, count); k++) chunk += `${ids[k]}\tceiling\t${codes[k]}\t1\n`;
             yield chunk;
           }
         })(),
       ),
-      client.query(copyFrom("COPY bench_ceiling_codes (id, code) FROM STDIN")),
+      client.query(copyFrom("COPY codes (id, book_id, code, source) FROM STDIN")),
     );
     const seconds = (performance.now() - started) / 1000;
-    return { path: "ceiling: pg COPY", via: `one COPY of ${count.toLocaleString("en-US")} codes`, rate: count / seconds, unit: "rows/s", ok: count, errors: 0 };
+    return { id: "ceiling.pg-copy", path: "ceiling: pg COPY", via: `one COPY of ${count.toLocaleString("en-US")} codes into voucher.codes`, rate: count / seconds, unit: "rows/s", ok: count, errors: 0 };
   } finally {
-    await client.query("DROP TABLE IF EXISTS bench_ceiling_codes").catch(() => {});
+    await client.query("DROP SCHEMA voucher CASCADE").catch(() => {});
     await client.end();
   }
 }
@@ -101,7 +119,7 @@ export async function redisOp(redisPrefix: string, op: "GET" | "INCR", concurren
     await Promise.all(keys.map((k) => redis.set(k, "0")));
     const r = await load({ concurrency, seconds }, (w) => (op === "GET" ? redis.get(keys[w]) : redis.incr(keys[w])));
     await redis.del(...keys);
-    return row(`ceiling: redis ${op}`, `ioredis, ${concurrency} concurrent`, r);
+    return row(`ceiling.redis-${op.toLowerCase()}`, `ceiling: redis ${op}`, `ioredis, ${concurrency} concurrent`, r);
   } finally {
     await redis.quit();
   }
@@ -128,10 +146,10 @@ export async function jetstreamPublishConsume(env: BenchEnvironment, count: numb
       }
     })();
     const payload = randomBytes(64);
-    const r = await load({ concurrency, seconds: 600, maxCalls: count }, () => js.publish(subject, payload));
+    const r = await load({ concurrency, seconds: 120, maxCalls: count }, () => js.publish(subject, payload));
     await allConsumed;
     const seconds = (performance.now() - started) / 1000;
-    return { ...row("ceiling: JetStream publish+consume", `${concurrency} publishes in flight, 1 consumer`, r), rate: count / seconds, unit: "msgs/s" };
+    return { ...row("ceiling.jetstream", "ceiling: JetStream publish+consume", `${concurrency} publishes in flight, 1 consumer`, r), rate: count / seconds, unit: "msgs/s" };
   } finally {
     await jsm.streams.delete(stream).catch(() => {});
     await nc.close();
@@ -144,27 +162,27 @@ export async function argon2Verify(concurrency: number, seconds: number): Promis
   const r = await load({ concurrency, seconds }, async () => {
     if (!(await verifyPassword(hash, "correct horse battery staple"))) throw new Error("verification failed");
   });
-  return row("ceiling: argon2id verify", `${concurrency} in flight`, r, { unit: "verifies/s" });
+  return row("ceiling.argon2", "ceiling: argon2id verify", `${concurrency} in flight, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4}`, r, { unit: "verifies/s" });
 }
 
 export async function measureCeilings(env: BenchEnvironment, seconds: number): Promise<BenchRow[]> {
-  const rows = [
-    await emptyRpc(env, "grpc", 64, seconds),
-    await emptyRpc(env, "connect", 64, seconds),
-    await pgConditionalUpdate(env.db.url, 32, seconds),
-    await pgCopy(env.db.url, 1_000_000),
-    await redisOp(env.redisPrefix, "GET", 32, seconds),
-    await redisOp(env.redisPrefix, "INCR", 32, seconds),
-    await jetstreamPublishConsume(env, 50_000, 256),
-    await argon2Verify(32, seconds),
-  ];
+  const rows: BenchRow[] = [];
+  const add = (r: BenchRow) => (report(r), rows.push(r));
+  add(await emptyRpc(env, "grpc", 64, seconds));
+  add(await emptyRpc(env, "connect", 64, seconds));
+  add(await pgConditionalUpdate(env.db.url, 32, seconds));
+  add(await pgCopy(env.db.url, options.generate));
+  add(await redisOp(env.redisPrefix, "GET", 32, seconds));
+  add(await redisOp(env.redisPrefix, "INCR", 32, seconds));
+  add(await jetstreamPublishConsume(env, options.quick ? 10_000 : 50_000, 256));
+  add(await argon2Verify(32, seconds));
   return rows;
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const env = await benchEnvironment("ceilings");
   try {
-    for (const r of await measureCeilings(env, Number(process.env.BENCH_SECONDS ?? 5))) report(r);
+    await measureCeilings(env, options.seconds(5));
   } finally {
     await env.dispose();
   }

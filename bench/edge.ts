@@ -16,9 +16,9 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "../gen/vouch/auth/v1/auth_pb.js";
 import { VoucherService } from "../gen/vouch/voucher/v1/voucher_pb.js";
 import { ADMIN, startTestPlatform } from "../services/edge/test/platform.js";
-import { report as reportRow } from "./lib/harness.js";
+import { options, report as reportRow, rssMiB } from "./lib/harness.js";
 
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 6);
+const SECONDS = options.seconds(6);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 32);
 const LIMITS = (process.env.BENCH_EDGE_LIMITS ?? "on") !== "off";
 
@@ -145,20 +145,30 @@ try {
   const directRps = report("direct", d, ["client", "voucher"]);
   const edgeRps = report("edge", e, ["client", "edge", "voucher"]);
   const ratio = edgeRps / directRps;
-  // Rows for `npm run bench`'s table.
-  const via = `Connect JSON h1, ${CLIENTS} concurrent`;
-  const row = (p: Phase) => ({ rate: p.calls / p.seconds, unit: "calls/s", ok: p.calls, errors: p.errors, p50Ms: pct(p.latenciesMs, 50), p95Ms: pct(p.latenciesMs, 95), p99Ms: pct(p.latenciesMs, 99) });
-  reportRow({ path: "GetBook direct", via, ...row(d) });
-  reportRow({ path: "GetBook via edge", via, ...row(e), ceiling: "GetBook direct", ratio, goal: 0.7 });
-  console.log(`edge ÷ direct throughput: ${ratio.toFixed(2)} (goal ≥ 0.7) ${ratio >= 0.7 ? "✓" : "✗"}`);
   // What the throughput ratio would be with every core busy with this work alone: other
   // load on a shared machine skews throughput, not CPU time per call.
   const cpuRatio = cpuPerCall(d, ["client", "voucher", "auth"]) / cpuPerCall(e, ["client", "edge", "voucher", "auth"]);
-  console.log(`edge ÷ direct by CPU per call (client + services): ${cpuRatio.toFixed(2)}`);
   // Deployed, the edge runs in pods of its own and scales out: then the voucher service is the
   // bottleneck on both paths, and what the edge costs it is serving gRPC instead of Connect JSON.
   const serviceBound = cpuPerCall(d, ["voucher"]) / cpuPerCall(e, ["voucher"]);
-  console.log(`edge ÷ direct with the edge on its own cores (voucher CPU per call, direct ÷ via edge): ${serviceBound.toFixed(2)}`);
+  // Rows for `npm run bench`'s table.
+  const via = `Connect JSON h1, ${CLIENTS} concurrent`;
+  const row = (p: Phase) => ({ rate: p.calls / p.seconds, unit: "calls/s", ok: p.calls, errors: p.errors, p50Ms: pct(p.latenciesMs, 50), p95Ms: pct(p.latenciesMs, 95), p99Ms: pct(p.latenciesMs, 99) });
+  reportRow({ id: "edge.direct", path: "GetBook direct", via, ...row(d), rssMiB: rssMiB(platform.pids.voucher) });
+  reportRow({
+    id: "edge",
+    path: "GetBook via edge",
+    via,
+    ...row(e),
+    rssMiB: rssMiB(platform.pids.edge),
+    vs: "edge.direct",
+    goal: 0.7,
+    notes: [
+      `edge ÷ direct by CPU per call (client + services): ${cpuRatio.toFixed(2)}`,
+      `edge ÷ direct with the edge on its own cores (voucher CPU per call): ${serviceBound.toFixed(2)}`,
+    ],
+  });
+  console.log(`edge ÷ direct throughput: ${ratio.toFixed(2)} (goal ≥ 0.7) ${ratio >= 0.7 ? "✓" : "✗"}`);
 } finally {
   await platform.stop();
 }

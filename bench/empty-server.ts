@@ -1,9 +1,11 @@
-// The "empty rpc" ceiling: our runtime (listener, protocol handling, interceptors, metrics,
-// the access-policy check) serving a PUBLIC rpc whose handler returns at once. Started as
-// its own process by bench/ceilings.ts so the load generator does not share its event loop.
-import { PromotionService } from "../gen/vouch/promotion/v1/promotion_pb.js";
+// The "empty rpc" ceiling: our runtime (listener, gRPC/Connect protocol handling, the kit's
+// interceptors, metrics, and the access-token check with its revocation look-up) serving
+// VoucherService.ValidateVoucher — an authenticated rpc, like every benchmarked path but
+// login — with a handler that returns at once. Started as its own process by
+// bench/ceilings.ts so the load generator does not share its event loop.
+import { VoucherService } from "../gen/vouch/voucher/v1/voucher_pb.js";
 import { loadConfig } from "../services/kit/config.js";
 import { serve, startPlatform } from "../services/kit/platform.js";
 
-const platform = await startPlatform(loadConfig("promotion"), {});
-await serve(platform, { services: [PromotionService], routes: (router) => router.service(PromotionService, { listActiveCampaigns: () => ({}) }) });
+const platform = await startPlatform(loadConfig("voucher"), {});
+await serve(platform, { services: [VoucherService], routes: (router) => router.service(VoucherService, { validateVoucher: () => ({}) }) });

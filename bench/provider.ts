@@ -38,16 +38,17 @@ import { ProviderService } from "../gen/vouch/provider/v1/provider_pb.js";
 import { DeliveryChannel } from "../gen/vouch/type/v1/provider_code_pb.js";
 import { createTestDatabase, createTestTokens, deleteStream, freePort, testEventNames } from "../services/kit/testing.js";
 import type { SimRequest } from "../services/provider-sim/sim.js";
+import { latencyStats, options, report } from "./lib/harness.js";
 
 const { values: args } = parseArgs({
   options: {
-    requests: { type: "string", default: "1000" },
+    requests: { type: "string" },
     clients: { type: "string", default: "64" },
     replicas: { type: "string", default: "1" },
     protocol: { type: "string", default: "grpc" },
   },
 });
-const REQUESTS = Number(args.requests);
+const REQUESTS = args.requests ? Number(args.requests) : options.requests(1_000);
 const CLIENTS = Number(args.clients);
 const REPLICAS = Number(args.replicas);
 const PROTOCOL = args.protocol;
@@ -302,6 +303,35 @@ async function main() {
     console.log(`  callbacks answered (HTTP status, outcome):`);
     for (const [k, n] of [...callbackAnswers].sort()) console.log(`    ${k.padEnd(28)} ${n}`);
     console.log(`  exactly one final state, one code_received and the sim's code per delivered request: ${problems.length ? `NO — ${problems.length} problems:\n    ${problems.slice(0, 10).join("\n    ")}` : "yes"}`);
+    // Rows for `npm run bench`'s table.
+    const via = `${REQUESTS} RequestCode, ${CLIENTS} concurrent ${PROTOCOL === "grpc" ? "gRPC h2" : "Connect h1.1"}`;
+    const fastRate = REQUESTS / (totalMs / 1000);
+    report({
+      id: "provider",
+      path: "provider flow, fast sim (request → delivered)",
+      via,
+      rate: fastRate,
+      unit: "requests/s",
+      ok: REQUESTS,
+      errors: fastOk ? 0 : 1,
+      ...latencyStats(e2e),
+      rssMiB: rssMiB(providers[0].pid),
+      vs: "ceiling.jetstream",
+      targets: [
+        { goal: "≥ 300 requests/s end to end", value: `${fastRate.toFixed(0)}/s`, met: fastRate >= 300 },
+        { goal: "one code_received per request", value: fastOk ? "yes" : "no", met: fastOk },
+      ],
+    });
+    report({
+      id: "provider.mix",
+      path: "provider flow, slow-callback mix",
+      via: `${REQUESTS} requests, timings ×0.1`,
+      rate: REQUESTS / (mixMs / 1000),
+      unit: "requests/s",
+      ok: REQUESTS - problems.length,
+      errors: problems.length,
+      targets: [{ goal: "each request in exactly one final state", value: [...byState].sort().map(([st, n]) => `${st} ${n}`).join(", "), met: problems.length === 0 }],
+    });
     if (problems.length || !fastOk) process.exitCode = 1;
   } finally {
     for (const child of children) child.kill("SIGTERM");
