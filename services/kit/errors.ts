@@ -12,6 +12,7 @@ import {
   RetryInfoSchema,
 } from "../../gen/google/rpc/error_details_pb.js";
 import type { Logger } from "./log.js";
+import { clip, isWellFormed } from "./text.js";
 
 export { Code };
 
@@ -74,6 +75,15 @@ export const resourceExhausted = (reason: string, message: string, retryAfterMs:
 export const unavailable = (reason: string, message: string, retryAfterMs?: number) =>
   new VouchError(Code.Unavailable, reason, message, { retryAfterMs });
 
+// Bounds on what an error echoes back (messages often quote the input): the message and
+// details travel in HTTP/2 headers for gRPC, whose block has a size limit.
+const MAX_MESSAGE = 1_000;
+const MAX_DETAIL = 300;
+const MAX_VIOLATIONS = 20;
+
+/** Postgres SQLSTATE class 22, "data exception": a value the database cannot take (out of range, bad text). */
+const DATA_EXCEPTION = /^22[0-9A-Z]{3}$/;
+
 /** Converts anything thrown by a handler into what goes on the wire. */
 export function toConnectError(err: unknown, domain: string, log?: Logger): ConnectError {
   if (err instanceof VouchError) return vouchToConnect(err, domain);
@@ -81,7 +91,19 @@ export function toConnectError(err: unknown, domain: string, log?: Logger): Conn
     // Raised by the protocol layer (bad message, deadline, cancel): already safe to send.
     // An INTERNAL one without details came from a bug somewhere below us: log it.
     if (err.code === Code.Internal) log?.error({ err }, "internal error");
-    return err;
+    const message = err.rawMessage;
+    if (message.length <= MAX_MESSAGE && isWellFormed(message)) return err;
+    const clipped = new ConnectError(clip(message, MAX_MESSAGE), err.code, err.metadata, undefined, err.cause);
+    clipped.details.push(...err.details);
+    return clipped;
+  }
+  const sqlState = (err as { code?: unknown } | null)?.code;
+  if (typeof sqlState === "string" && DATA_EXCEPTION.test(sqlState)) {
+    // A request value no check above the database caught (an int64 at its limit overflowing
+    // a sum, a timestamp past year 294276): the caller's input, not our bug — but logged,
+    // since a validation is missing somewhere.
+    log?.warn({ err }, "request value refused by the database");
+    return vouchToConnect(new VouchError(Code.InvalidArgument, "VALUE_OUT_OF_RANGE", "a value in the request is out of the range the service can store"), domain);
   }
   log?.error({ err }, "unexpected error in handler");
   return new ConnectError("internal error", Code.Internal, undefined, [
@@ -92,14 +114,17 @@ export function toConnectError(err: unknown, domain: string, log?: Logger): Conn
 function vouchToConnect(err: VouchError, domain: string): ConnectError {
   const { metadata = {}, violations, retryAfterMs } = err.options;
   const details: ConstructorParameters<typeof ConnectError>[3] = [
-    { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason: err.reason, domain, metadata }) },
+    {
+      desc: ErrorInfoSchema,
+      value: create(ErrorInfoSchema, { reason: err.reason, domain, metadata: Object.fromEntries(Object.entries(metadata).map(([k, v]) => [k, clip(v, MAX_DETAIL)])) }),
+    },
   ];
   if (violations?.length) {
     details.push({
       desc: BadRequestSchema,
       value: create(BadRequestSchema, {
-        fieldViolations: violations.map((v) =>
-          create(BadRequest_FieldViolationSchema, { field: v.field, description: v.description, reason: v.reason ?? "" }),
+        fieldViolations: violations.slice(0, MAX_VIOLATIONS).map((v) =>
+          create(BadRequest_FieldViolationSchema, { field: clip(v.field, MAX_DETAIL), description: clip(v.description, MAX_DETAIL), reason: v.reason ?? "" }),
         ),
       }),
     });
@@ -107,7 +132,7 @@ function vouchToConnect(err: VouchError, domain: string): ConnectError {
   if (retryAfterMs !== undefined) {
     details.push({ desc: RetryInfoSchema, value: create(RetryInfoSchema, { retryDelay: durationFromMs(retryAfterMs) }) });
   }
-  return new ConnectError(err.message, err.code, undefined, details);
+  return new ConnectError(clip(err.message, MAX_MESSAGE), err.code, undefined, details);
 }
 
 /** Reads the ErrorInfo reason off an error received from a peer service (for tests and clients). */

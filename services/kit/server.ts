@@ -15,6 +15,7 @@ import { HealthMonitor, type ReadinessCheck } from "./health.js";
 import { reflectionRoutes } from "./reflection.js";
 import { Health } from "../../gen/health/v1/health_pb.js";
 import { observeInterceptor } from "./interceptors.js";
+import { inputGuardInterceptor } from "./input-guard.js";
 import { authInterceptor, type TokenVerifier } from "./auth.js";
 import { clientIpKey } from "./context.js";
 
@@ -121,6 +122,7 @@ export function createServiceServer(opts: ServiceServerOptions) {
     interceptors: [
       observeInterceptor({ domain, log, metrics }),
       authInterceptor(opts.verifier),
+      inputGuardInterceptor(),
       ...(opts.interceptors ?? []),
     ],
     contextValues: (req) => createContextValues().set(clientIpKey, clientIp(req, trustForwardedFor)),
