@@ -8,6 +8,7 @@ import { appendFileSync, readdirSync, readFileSync } from "node:fs";
 import * as http from "node:http";
 import { SignJWT, exportJWK, generateKeyPair, type JWK } from "jose";
 import { connectNats } from "../../services/kit/events/index.js";
+import { serviceNodeArgs } from "../../services/kit/launch.js";
 import { createLogger } from "../../services/kit/log.js";
 import { createRedis } from "../../services/kit/redis.js";
 import { createTestDatabase, deleteStream, freePort, testEventNames, uniqueSuffix, type TestDatabase } from "../../services/kit/testing.js";
@@ -379,7 +380,7 @@ export interface BenchEnvironment {
   token(subject: string, roles?: string[]): Promise<string>;
   /** `{ headers: { authorization } }` for a client call. */
   auth(subject: string, roles?: string[]): Promise<{ headers: { authorization: string } }>;
-  /** Starts `node --import tsx <entry> [args]` on a spare port and waits for /readyz. */
+  /** Starts `<entry> [args]` as a service process (kit/launch.ts) on a spare port and waits for /readyz. */
   start(entry: string, opts?: { args?: string[]; env?: Record<string, string>; nodeArgs?: string[] }): Promise<StartedProcess>;
   /** Stops every started process and removes the database, stream and Redis keys. */
   dispose(): Promise<void>;
@@ -432,7 +433,7 @@ export async function benchEnvironment(label: string): Promise<BenchEnvironment>
     auth: async (subject, roles) => ({ headers: { authorization: `Bearer ${await token(subject, roles)}` } }),
     async start(entry, opts = {}) {
       const port = await freePort();
-      const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), "--import", "tsx", entry, ...(opts.args ?? [])], {
+      const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), ...serviceNodeArgs(entry), ...(opts.args ?? [])], {
         env: { ...process.env, ...env, ...opts.env, PORT: String(port) },
         stdio: ["ignore", "inherit", "inherit"],
       });
