@@ -136,7 +136,7 @@ describe("first-login grants", () => {
     const campaign = await h.activeCampaign({ quota: 3 });
     const people = Array.from({ length: 8 }, (_, i) => {
       const tag = `${Date.now().toString(36)}${i}${Math.random().toString(36).slice(2, 6)}`;
-      return { fullName: `User ${i}`, username: `u${tag}`, email: `${tag}@example.com`, phoneNumber: `+849${String(10_000_000 + Math.floor(Math.random() * 89_999_999))}`, password: "violet otter maps 42" };
+      return { fullName: `User ${i}`, username: `u${tag}`, email: `${tag}@example.com`, phoneNumber: `+8490${String(Math.floor(Math.random() * 10_000_000)).padStart(7, "0")}`, password: "violet otter maps 42" };
     });
     for (const p of people) await h.authClient.register(p);
     const logins = await Promise.all(people.map((p) => h.authClient.login({ identifier: p.email, password: p.password })));
