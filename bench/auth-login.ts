@@ -15,7 +15,6 @@
 // p50/p99 latency and the service's RSS.
 // Bounded: about 2 × seconds + 2 s warm-up + ~10 s set-up; it cleans up after itself.
 import { spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -27,7 +26,7 @@ import { connect } from "nats";
 import { AuthService } from "../gen/vouch/auth/v1/auth_pb.js";
 import { CURRENT_PARAMS, hashPassword, verifyPassword } from "../services/auth/passwords.js";
 import { createTestDatabase, deleteStream, freePort, testEventNames, uniqueSuffix } from "../services/kit/testing.js";
-import { latencyStats, options, report } from "./lib/harness.js";
+import { cpuSecondsMatching, latencyStats, options, percentile, report, rssMiB, threadCpu } from "./lib/harness.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -45,47 +44,6 @@ const PROTOCOL = args.protocol;
 if (PROTOCOL !== "grpc" && PROTOCOL !== "connect") throw new Error("--protocol is grpc (HTTP/2) or connect (binary Connect over HTTP/1.1)");
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const rssMiB = (pid: number) => {
-  try {
-    const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
-    return kb / 1024;
-  } catch {
-    return NaN;
-  }
-};
-/** CPU seconds (user + system) used so far by the processes whose command line matches. */
-function cpuSeconds(match: (cmd: string, pid: number) => boolean): number {
-  let ticks = 0;
-  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8").replace(/\0/g, " ");
-      if (!match(cmd, Number(pid))) continue;
-      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // gone
-    }
-  }
-  return ticks / 100;
-}
-/** CPU seconds per thread name of one process (main thread, libuv pool, V8 workers…). */
-function threadCpu(pid: number): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
-      const name = tid === String(pid) ? "main" : stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      out[name] = (out[name] ?? 0) + (Number(fields[11]) + Number(fields[12])) / 100;
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
-const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-
 /** Verifications per second with `concurrency` in flight, for `seconds`. */
 async function rawVerifyRate(hash: string, seconds: number, concurrency = CLIENTS): Promise<number> {
   let done = 0;
@@ -194,7 +152,7 @@ async function main() {
       redis: (cmd) => cmd.startsWith("redis-server"),
       nats: (cmd) => cmd.includes("nats-server"),
     };
-    const cpuNow = () => Object.fromEntries(Object.entries(groups).map(([k, m]) => [k, cpuSeconds(m)]));
+    const cpuNow = () => Object.fromEntries(Object.entries(groups).map(([k, m]) => [k, cpuSecondsMatching(m)]));
     const cpuSince = (before: Record<string, number>) => Object.fromEntries(Object.entries(cpuNow()).map(([k, v]) => [k, v - before[k]]));
     const sum = (o: Record<string, number>) => Object.values(o).reduce((a, b) => a + b, 0);
     const addTo = (acc: Record<string, number>, o: Record<string, number>) => {
