@@ -128,24 +128,7 @@ describe("reliability: faults against two replicas of everything", { timeout: 15
     const h = new History();
     const quota = scale(25, 200);
     const demand = scale(60, 500);
-    const admin = await p.admin();
-    const promo = p.cluster.client(PromotionService, p.cluster.replicas.promotion[0]);
-    const { campaign } = await promo.createCampaign({
-      campaign: {
-        name: "reliability first login",
-        type: CampaignType.FIRST_LOGIN,
-        quota,
-        voucherTerms: {
-          discount: { kind: { case: "percentOff", value: { basisPoints: 3000, maxAmount: { minorUnits: 50_000n, currencyCode: "VND" } } } },
-          validityDays: 30,
-          codePattern: "FL-*{10}",
-        },
-      },
-      requestId: randomUUID(),
-    }, admin);
-    const campaignId = campaign!.id;
-    await waitFor("the campaign's book to hold its codes", async () => (await p.voucher(0).getBook({ bookId: campaign!.bookId }, admin)).book!.codeCount >= BigInt(quota), 120_000, 250);
-    await promo.activateCampaign({ campaignId }, admin);
+    const campaignId = await activeFirstLoginCampaign(quota, "FL");
 
     const users = await inParallel(Array.from({ length: demand }), 4, () => p.register("relstorm"));
     const [promoA, promoB] = p.cluster.replicas.promotion;
@@ -178,20 +161,10 @@ describe("reliability: faults against two replicas of everything", { timeout: 15
     const perUser = new Map<string, number>();
     for (const e of firsts) perUser.set(e.userId, (perUser.get(e.userId) ?? 0) + 1);
     const okUsers = users.filter((_, i) => logins[i].outcome === "ok").map((u) => u.id);
-    const grants = await p.sql.query(`
-      SELECT g.id, g.user_id, g.state, g.voucher_id, count(c.id) AS vouchers, bool_and(c.owner_user_id = g.user_id) AS owned, bool_and(c.id = g.voucher_id) AS same
-        FROM promotion.grants g LEFT JOIN voucher.codes c ON c.grant_id = g.id
-       WHERE g.campaign_id = $1 GROUP BY g.id`, [campaignId]);
-    const counter = await p.sql.query("SELECT granted, quota FROM promotion.campaigns WHERE id = $1", [campaignId]);
-    const g = grants.rows;
     const checks = [
       check("each user's first login recorded once", okUsers.every((u) => perUser.get(u) === 1) && [...perUser.values()].every((n) => n === 1),
         `${okUsers.length} ok logins, ${perUser.size} first-login events, ${[...perUser.values()].filter((n) => n > 1).length} users with two`),
-      check("grants = quota when demand exceeds it", g.length === quota && counter.rows[0].granted === quota,
-        `demand ${demand}, quota ${quota}: ${g.length} grants, campaign counter ${counter.rows[0].granted}`),
-      check("one grant per user", new Set(g.map((r) => r.user_id)).size === g.length && g.every((r) => ids.has(r.user_id)), `${new Set(g.map((r) => r.user_id)).size} distinct users of our ${demand}`),
-      check("every grant has exactly one voucher, its user's", g.every((r) => r.state === "issued" && Number(r.vouchers) === 1 && r.owned && r.same),
-        `${g.filter((r) => r.state === "issued").length} issued, ${g.filter((r) => Number(r.vouchers) === 1).length} with exactly one voucher, ${g.filter((r) => Number(r.vouchers) > 1).length} with more`),
+      ...(await grantChecks(campaignId, quota, ids)),
       ...(await voucherInvariants(p.sql)),
       await everyOutboxEventPublished(p.sql),
       await everyDeadLetterAccountedFor(p.sql),
@@ -333,6 +306,10 @@ describe("reliability: faults against two replicas of everything", { timeout: 15
 
     const victim = await p.register("relvictim");
     const bystander = await p.register("relbystander");
+    // Grants while Redis is down: a campaign smaller than the first logins made meanwhile.
+    const grantQuota = 3;
+    const campaignId = await activeFirstLoginCampaign(grantQuota, "RG");
+    const newcomers = await inParallel(Array.from({ length: 6 }), 3, () => p.register("relredis"));
     await p.redis.kill();
     // While Redis is down: the first half of the redeems, and a password-guessing run on one
     // identifier against one auth replica.
@@ -353,10 +330,20 @@ describe("reliability: faults against two replicas of everything", { timeout: 15
       }
     }
     const bystanderWhileDown = await p.login(bystander, 0).then(() => true, () => false);
+    // The newcomers' first logins on the other auth replica (auth-a's local fallback budget
+    // for this address went to the guessing run above).
+    const newcomerLogins = await inParallel(newcomers, 3, (u) => runOp(h, "first login", (attempt, timeoutMs) => p.auth(1).login({ identifier: u.username, password: u.password }, { timeoutMs })));
     await p.redis.start();
     const secondHalf = await redeemCodes(p, h, { codes: codes.slice(half), perCode: 1, orderPrefix: "rd-" });
     const redeems = [...firstHalf, ...secondHalf];
+    const demand = new Set([bystander.id, ...newcomers.map((u) => u.id)]);
+    await waitFor("the grants made while Redis was down to be issued", async () => {
+      const r = await p.sql.query("SELECT count(*) FILTER (WHERE state = 'issued')::int AS n FROM promotion.grants WHERE campaign_id = $1", [campaignId]);
+      return r.rows[0].n === grantQuota;
+    }, 60_000, 250).catch(() => undefined); // the checks below say what is missing
     const checks = [
+      check("first logins succeed while Redis is down", newcomerLogins.every((r) => r.outcome === "ok"), `${newcomerLogins.filter((r) => r.outcome === "ok").length} of ${newcomerLogins.length} ok on auth-b`),
+      ...(await grantChecks(campaignId, grantQuota, demand)),
       check("while Redis is down, login attempts on one identifier are limited locally (fallback burst 5 of 10)", wrongAllowed >= 1 && wrongAllowed <= 5 && refused === 12 - wrongAllowed && other === 0,
         `12 wrong passwords on auth-a: ${wrongAllowed} checked, ${refused} refused RESOURCE_EXHAUSTED, ${other} other`),
       check("an untargeted account logs in while Redis is down", bystanderWhileDown, bystanderWhileDown ? "bystander logged in on auth-a" : "bystander refused"),
@@ -368,7 +355,7 @@ describe("reliability: faults against two replicas of everything", { timeout: 15
       await everyDeadLetterAccountedFor(p.sql),
     ];
     conclude("Redis flushed, then killed, then back", [
-      `${users * 2} assigns with FLUSHALL at 50%; Redis killed; ${half} redeems and 12 wrong-password logins while down; Redis restarted empty; ${codes.length - half} more redeems`,
+      `${users * 2} assigns with FLUSHALL at 50%; Redis killed; ${half} redeems, 12 wrong-password logins and ${newcomers.length + 1} first logins (campaign quota ${grantQuota}) while down; Redis restarted empty; ${codes.length - half} more redeems`,
     ], h, checks);
   });
 
@@ -480,6 +467,45 @@ describe("reliability: faults against two replicas of everything", { timeout: 15
 
 function interleave<T>(a: T[], b: T[]): T[] {
   return a.flatMap((x, i) => (i < b.length ? [x, b[i]] : [x])).concat(b.slice(a.length));
+}
+
+/** A FIRST_LOGIN campaign of `quota` slots, active once its book holds the codes. */
+async function activeFirstLoginCampaign(quota: number, prefix: string): Promise<string> {
+  const admin = await p.admin();
+  const promo = p.cluster.client(PromotionService, p.cluster.replicas.promotion[0]);
+  const { campaign } = await promo.createCampaign({
+    campaign: {
+      name: `reliability first login ${prefix}`,
+      type: CampaignType.FIRST_LOGIN,
+      quota,
+      voucherTerms: {
+        discount: { kind: { case: "percentOff", value: { basisPoints: 3000, maxAmount: { minorUnits: 50_000n, currencyCode: "VND" } } } },
+        validityDays: 30,
+        codePattern: `${prefix}-*{10}`,
+      },
+    },
+    requestId: randomUUID(),
+  }, admin);
+  await waitFor("the campaign's book to hold its codes", async () => (await p.voucher(0).getBook({ bookId: campaign!.bookId }, admin)).book!.codeCount >= BigInt(quota), 120_000, 250);
+  await promo.activateCampaign({ campaignId: campaign!.id }, admin);
+  return campaign!.id;
+}
+
+/** Grants = quota when demand (these users) exceeded it, one per user, each with exactly one voucher of its user's. */
+async function grantChecks(campaignId: string, quota: number, userIds: Set<string>): Promise<Check[]> {
+  const grants = await p.sql.query(`
+    SELECT g.id, g.user_id, g.state, g.voucher_id, count(c.id) AS vouchers, bool_and(c.owner_user_id = g.user_id) AS owned, bool_and(c.id = g.voucher_id) AS same
+      FROM promotion.grants g LEFT JOIN voucher.codes c ON c.grant_id = g.id
+     WHERE g.campaign_id = $1 GROUP BY g.id`, [campaignId]);
+  const counter = await p.sql.query("SELECT granted FROM promotion.campaigns WHERE id = $1", [campaignId]);
+  const g = grants.rows;
+  return [
+    check("grants = quota when demand exceeds it", g.length === quota && counter.rows[0].granted === quota,
+      `demand ${userIds.size}, quota ${quota}: ${g.length} grants, campaign counter ${counter.rows[0].granted}`),
+    check("one grant per user", new Set(g.map((r) => r.user_id)).size === g.length && g.every((r) => userIds.has(r.user_id)), `${new Set(g.map((r) => r.user_id)).size} distinct users of our ${userIds.size}`),
+    check("every grant has exactly one voucher, its user's", g.every((r) => r.state === "issued" && Number(r.vouchers) === 1 && r.owned && r.same),
+      `${g.filter((r) => r.state === "issued").length} issued, ${g.filter((r) => Number(r.vouchers) === 1).length} with exactly one voucher, ${g.filter((r) => Number(r.vouchers) > 1).length} with more`),
+  ];
 }
 
 async function configureSim(config: unknown) {
