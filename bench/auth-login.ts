@@ -17,7 +17,7 @@
 import { spawn } from "node:child_process";
 import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { Agent } from "node:http";
 import { Redis } from "ioredis";
@@ -26,7 +26,7 @@ import { connect } from "nats";
 import { AuthService } from "../gen/vouch/auth/v1/auth_pb.js";
 import { CURRENT_PARAMS, hashPassword, verifyPassword } from "../services/auth/passwords.js";
 import { createTestDatabase, deleteStream, freePort, testEventNames, uniqueSuffix } from "../services/kit/testing.js";
-import { cpuSecondsMatching, latencyStats, options, percentile, report, rssMiB, threadCpu } from "./lib/harness.js";
+import { cpuSecondsMatching, latencyStats, load, options, percentile, report, rssMiB, threadCpu } from "./lib/harness.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -159,26 +159,11 @@ async function main() {
       for (const [k, v] of Object.entries(o)) acc[k] = (acc[k] ?? 0) + v;
     };
 
+    // Bounded in time and in calls (harness load); call i logs in users[i mod USERS].
     const run = async (seconds: number) => {
-      const latencies: number[] = [];
-      let errors = 0;
-      const deadline = performance.now() + seconds * 1000;
-      const started = performance.now();
-      await Promise.all(
-        clients.map(async (client, c) => {
-          for (let k = 0; performance.now() < deadline; k++) {
-            const t = performance.now();
-            try {
-              await client.login({ identifier: users[(c + k * CLIENTS) % users.length], password: PASSWORD });
-              latencies.push(performance.now() - t);
-            } catch (err) {
-              errors++;
-              if (errors <= 3) console.error("login failed:", err instanceof ConnectError ? `${Code[err.code]} ${err.rawMessage}` : err);
-            }
-          }
-        }),
-      );
-      return { latencies, errors, seconds: (performance.now() - started) / 1000 };
+      const r = await load({ concurrency: CLIENTS, seconds }, (c, i) => clients[c].login({ identifier: users[i % users.length], password: PASSWORD }));
+      if (r.firstError) console.error(`login failed (${r.errors} times), first:`, r.firstError);
+      return r;
     };
     const pgCommits = async () => {
       const c = new pg.Client({ connectionString: db.url });

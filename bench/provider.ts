@@ -23,7 +23,6 @@
 // Bounded: ~15 s of set-up and phase 1, ~12 s of phase 2.
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { readdirSync, readFileSync } from "node:fs";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
@@ -38,7 +37,7 @@ import { ProviderService } from "../gen/vouch/provider/v1/provider_pb.js";
 import { DeliveryChannel } from "../gen/vouch/type/v1/provider_code_pb.js";
 import { createTestDatabase, createTestTokens, deleteStream, freePort, testEventNames } from "../services/kit/testing.js";
 import type { SimRequest } from "../services/provider-sim/sim.js";
-import { latencyStats, options, report } from "./lib/harness.js";
+import { cpuSeconds, cpuSecondsMatching as cpuSecondsOf, isNats, isPostgres, latencyStats, load, options, percentile, report, rssMiB } from "./lib/harness.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -49,6 +48,8 @@ const { values: args } = parseArgs({
   },
 });
 const REQUESTS = args.requests ? Number(args.requests) : options.requests(1_000);
+/** Time bound of each burst of RequestCode calls (the phases also bound their wait for completion). */
+const BURST_SECONDS = Number(process.env.BENCH_PROVIDER_SECONDS ?? 120);
 const CLIENTS = Number(args.clients);
 const REPLICAS = Number(args.replicas);
 const PROTOCOL = args.protocol;
@@ -60,30 +61,7 @@ const LATE_AFTER_MS = 3_000;
 const DEADLINE_MS = 8_000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-/** CPU seconds (user + system) used so far by one process. */
-function cpuSeconds(pid: number | undefined): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return NaN;
-  }
-}
-/** CPU seconds of every process whose command line matches (Postgres backends, nats-server). */
-function cpuSecondsOf(match: (cmd: string) => boolean): number {
-  let total = 0;
-  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
-    try {
-      if (match(readFileSync(`/proc/${pid}/cmdline`, "utf8").replace(/\0/g, " "))) total += cpuSeconds(Number(pid));
-    } catch {
-      // gone
-    }
-  }
-  return total;
-}
-const rssMiB = (pid: number | undefined) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
-const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+const pct = percentile;
 
 function startProcess(name: string, entry: string, env: Record<string, string>, profile = false): ChildProcess {
   const prof = profile && process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
@@ -164,25 +142,23 @@ async function main() {
       ),
     );
 
-    /** Sends `count` RequestCode calls from CLIENTS concurrent clients; returns the ids and rpc latencies. */
+    /**
+     * Sends `count` RequestCode calls from CLIENTS concurrent clients, within BURST_SECONDS;
+     * returns the ids and rpc latencies. A refused call or a burst cut short by the time
+     * bound fails the bench (every phase counts all `count` requests).
+     */
     async function burst(label: string, count: number) {
       const ids: string[] = [];
-      const rpcMs: number[] = [];
-      let next = 0;
-      await Promise.all(
-        Array.from({ length: CLIENTS }, async (_, c) => {
-          for (let i = next++; i < count; i = next++) {
-            const t = performance.now();
-            const { codeRequest } = await clients[c % clients.length].requestCode(
-              { phoneNumber: `+8490${String(1_000_000 + i).slice(-7)}`, channel: i % 5 === 4 ? DeliveryChannel.SMS : DeliveryChannel.WEB, requestId: `${label}-${i}` },
-              { headers: { authorization: `Bearer ${tokens[c % tokens.length]}` } },
-            );
-            rpcMs.push(performance.now() - t);
-            ids.push(codeRequest!.id);
-          }
-        }),
-      );
-      return { ids, rpcMs: rpcMs.sort((a, b) => a - b) };
+      const r = await load({ concurrency: CLIENTS, seconds: BURST_SECONDS, maxCalls: count }, async (c, i) => {
+        const { codeRequest } = await clients[c % clients.length].requestCode(
+          { phoneNumber: `+8490${String(1_000_000 + i).slice(-7)}`, channel: i % 5 === 4 ? DeliveryChannel.SMS : DeliveryChannel.WEB, requestId: `${label}-${i}` },
+          { headers: { authorization: `Bearer ${tokens[c % tokens.length]}` } },
+        );
+        ids.push(codeRequest!.id);
+      });
+      if (r.errors) throw new Error(`${label}: ${r.errors} RequestCode calls failed, first: ${r.firstError}`);
+      if (ids.length < count) throw new Error(`${label}: only ${ids.length} of ${count} requests accepted within ${BURST_SECONDS} s`);
+      return { ids, rpcMs: r.latencies };
     }
     const countIn = async (ids: string[], states: string[]) =>
       Number((await pool.query("SELECT count(*) AS n FROM provider.code_requests WHERE id = ANY($1) AND state = ANY($2)", [ids, states])).rows[0].n);
@@ -204,8 +180,6 @@ async function main() {
     while ((await countIn(warm.ids, ["delivered"])) < warm.ids.length) await sleep(50);
 
     // ── Phase 1: fast provider ─────────────────────────────────────────────────────────
-    const isPostgres = (cmd: string) => cmd.startsWith("postgres");
-    const isNats = (cmd: string) => cmd.includes("nats-server");
     // Postgres backends come and go (pools): count the ones alive across the phase.
     const pg0 = cpuSecondsOf(isPostgres);
     const nats0 = cpuSecondsOf(isNats);
