@@ -10,13 +10,12 @@
 // hits both alike.
 //
 //   npx tsx bench/edge.ts        # BENCH_SECONDS=6 per phase, BENCH_CLIENTS=32, BENCH_EDGE_LIMITS=on|off, BENCH_EDGE_CPU_PROF=dir
-import { readFileSync } from "node:fs";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "../gen/vouch/auth/v1/auth_pb.js";
 import { VoucherService } from "../gen/vouch/voucher/v1/voucher_pb.js";
 import { ADMIN, startTestPlatform } from "../services/edge/test/platform.js";
-import { options, report as reportRow, rssMiB } from "./lib/harness.js";
+import { cpuMeter, load, mergeLoads, options, report, row, sampleRss, type LoadResult } from "./lib/harness.js";
 
 const SECONDS = options.seconds(6);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 32);
@@ -35,81 +34,33 @@ function client(baseUrl: string, token: string): Voucher {
   return createClient(VoucherService, transport);
 }
 
-interface Phase {
-  calls: number;
-  errors: number;
-  seconds: number;
-  latenciesMs: number[];
+interface Phase extends LoadResult {
   /** CPU seconds used during the phase, per process (this load generator is "client"). */
   cpu: Record<string, number>;
 }
 
-const TICKS_PER_SECOND = 100; // USER_HZ on Linux
-/** utime + stime of a process, in seconds, from /proc. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND; // fields 14 and 15 of stat(5)
-}
+let meter = cpuMeter({ client: process.pid });
 
-let watched: Record<string, number> = {};
-function cpuNow(): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [name, pid] of Object.entries(watched)) out[name] = cpuSeconds(pid);
-  const own = process.cpuUsage();
-  out.client = (own.user + own.system) / 1e6;
-  return out;
-}
-
+/** GetBook from CLIENTS closed loops, bounded in time and calls, with the CPU each process spent. */
 async function phase(voucher: Voucher, bookId: string, seconds: number): Promise<Phase> {
-  const latenciesMs: number[] = [];
-  let errors = 0;
-  const cpuBefore = cpuNow();
-  const started = performance.now();
-  const deadline = started + seconds * 1000;
-  await Promise.all(
-    Array.from({ length: CLIENTS }, async () => {
-      while (performance.now() < deadline) {
-        const t = performance.now();
-        try {
-          await voucher.getBook({ bookId });
-          latenciesMs.push(performance.now() - t);
-        } catch {
-          errors++;
-        }
-      }
-    }),
-  );
-  const cpuAfter = cpuNow();
-  const cpu = Object.fromEntries(Object.keys(cpuAfter).map((k) => [k, cpuAfter[k] - cpuBefore[k]]));
-  return { calls: latenciesMs.length, errors, seconds: (performance.now() - started) / 1000, latenciesMs, cpu };
+  const before = meter.now();
+  const r = await load({ concurrency: CLIENTS, seconds }, () => voucher.getBook({ bookId }));
+  return { ...r, cpu: meter.since(before) };
 }
 
 function merge(phases: Phase[]): Phase {
-  return {
-    calls: phases.reduce((s, p) => s + p.calls, 0),
-    errors: phases.reduce((s, p) => s + p.errors, 0),
-    seconds: phases.reduce((s, p) => s + p.seconds, 0),
-    latenciesMs: phases.flatMap((p) => p.latenciesMs).sort((a, b) => a - b),
-    cpu: Object.fromEntries(Object.keys(phases[0].cpu).map((k) => [k, phases.reduce((s, p) => s + p.cpu[k], 0)])),
-  };
+  return { ...mergeLoads(phases), cpu: Object.fromEntries(Object.keys(phases[0].cpu).map((k) => [k, phases.reduce((s, p) => s + p.cpu[k], 0)])) };
 }
-
-const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 
 /** CPU µs per call of the processes on the call's path. */
 function cpuPerCall(p: Phase, names: string[]): number {
-  return names.reduce((s, n) => s + p.cpu[n], 0) / p.calls * 1e6;
+  return (names.reduce((s, n) => s + p.cpu[n], 0) / p.ok) * 1e6;
 }
 
-function report(name: string, p: Phase, path: string[]) {
-  const rps = p.calls / p.seconds;
-  const l = p.latenciesMs;
-  const perProcess = path.map((n) => `${n} ${((p.cpu[n] / p.calls) * 1e6).toFixed(0)}`).join(", ");
-  console.log(
-    `${name.padEnd(8)} ${rps.toFixed(0).padStart(7)} rps   p50 ${pct(l, 50).toFixed(2)} ms   p95 ${pct(l, 95).toFixed(2)} ms   p99 ${pct(l, 99).toFixed(2)} ms   errors ${p.errors}   CPU µs/call: ${perProcess}`,
-  );
-  return rps;
+function print(name: string, p: Phase, path: string[]) {
+  const perProcess = path.map((n) => `${n} ${((p.cpu[n] / p.ok) * 1e6).toFixed(0)}`).join(", ");
+  console.log(`${name.padEnd(8)} ${p.rate.toFixed(0).padStart(7)} rps   p50 ${p.p50Ms.toFixed(2)} ms   p95 ${p.p95Ms.toFixed(2)} ms   p99 ${p.p99Ms.toFixed(2)} ms   errors ${p.errors}   CPU µs/call: ${perProcess}`);
+  return p.rate;
 }
 
 const limits: Record<string, string> = LIMITS
@@ -129,21 +80,23 @@ try {
     requestId: `bench-edge-${Date.now()}`,
   });
   const bookId = book!.id;
-  watched = { auth: platform.pids.auth!, voucher: platform.pids.voucher!, edge: platform.pids.edge! };
+  meter = cpuMeter({ client: process.pid, auth: platform.pids.auth!, voucher: platform.pids.voucher!, edge: platform.pids.edge! });
 
   console.log(`edge overhead: GetBook, Connect JSON over HTTP/1.1, ${CLIENTS} concurrent clients, ${SECONDS} s per phase, edge rate limits ${LIMITS ? "on" : "off"}`);
   await phase(direct, bookId, 1); // warm-up: connections, JIT, caches
   await phase(viaEdge, bookId, 1);
   const directPhases: Phase[] = [];
   const edgePhases: Phase[] = [];
+  const voucherRss = sampleRss([platform.pids.voucher]);
+  const edgeRss = sampleRss([platform.pids.edge]);
   for (let round = 0; round < 2; round++) {
     directPhases.push(await phase(direct, bookId, SECONDS / 2));
     edgePhases.push(await phase(viaEdge, bookId, SECONDS / 2));
   }
   const d = merge(directPhases);
   const e = merge(edgePhases);
-  const directRps = report("direct", d, ["client", "voucher"]);
-  const edgeRps = report("edge", e, ["client", "edge", "voucher"]);
+  const directRps = print("direct", d, ["client", "voucher"]);
+  const edgeRps = print("edge", e, ["client", "edge", "voucher"]);
   const ratio = edgeRps / directRps;
   // What the throughput ratio would be with every core busy with this work alone: other
   // load on a shared machine skews throughput, not CPU time per call.
@@ -152,22 +105,21 @@ try {
   // bottleneck on both paths, and what the edge costs it is serving gRPC instead of Connect JSON.
   const serviceBound = cpuPerCall(d, ["voucher"]) / cpuPerCall(e, ["voucher"]);
   // Rows for `npm run bench`'s table.
-  const via = `Connect JSON h1, ${CLIENTS} concurrent`;
-  const row = (p: Phase) => ({ rate: p.calls / p.seconds, unit: "calls/s", ok: p.calls, errors: p.errors, p50Ms: pct(p.latenciesMs, 50), p95Ms: pct(p.latenciesMs, 95), p99Ms: pct(p.latenciesMs, 99) });
-  reportRow({ id: "edge.direct", path: "GetBook direct", via, ...row(d), rssMiB: rssMiB(platform.pids.voucher) });
-  reportRow({
-    id: "edge",
-    path: "GetBook via edge",
-    via,
-    ...row(e),
-    rssMiB: rssMiB(platform.pids.edge),
-    vs: "edge.direct",
-    goal: 0.7,
-    notes: [
-      `edge ÷ direct by CPU per call (client + services): ${cpuRatio.toFixed(2)}`,
-      `edge ÷ direct with the edge on its own cores (voucher CPU per call): ${serviceBound.toFixed(2)}`,
-    ],
-  });
+  const via = `Connect JSON h1.1, ${CLIENTS} concurrent`;
+  report(row("edge.direct", "GetBook direct", via, d, { unit: "calls/s", rssMiB: voucherRss.stop(), vs: "ceiling.empty-rpc.connect" }));
+  report(
+    row("edge", "GetBook via edge", via, e, {
+      unit: "calls/s",
+      rssMiB: edgeRss.stop(),
+      vs: "edge.direct",
+      goal: 0.7,
+      notes: [
+        `edge ÷ direct by CPU per call (client + services): ${cpuRatio.toFixed(2)}`,
+        `edge ÷ direct with the edge on its own cores (voucher CPU per call): ${serviceBound.toFixed(2)}`,
+        "RSS: the voucher service (direct), the edge (via edge)",
+      ],
+    }),
+  );
   console.log(`edge ÷ direct throughput: ${ratio.toFixed(2)} (goal ≥ 0.7) ${ratio >= 0.7 ? "✓" : "✗"}`);
 } finally {
   await platform.stop();
