@@ -6,7 +6,8 @@
 //   (scripts/gen-data-model.ts: needs the local Postgres, like the tests);
 // - every ```mermaid block in the markdown files parses with mermaid's own parser (the
 //   `mermaid` package's `parse`, run in Node without a browser), so the diagrams render;
-// - relative links between the docs point at files that exist.
+// - relative links between the docs point at files that exist;
+// - every metric registered under services/ is in docs/metrics.md.
 import { readdirSync, readFileSync, statSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { API_DOC, DESCRIPTOR, bufImage, buildDescriptor, renderApiDocs } from "./gen-api-docs.js";
@@ -65,8 +66,27 @@ for (const file of files) {
   }
 }
 
+// Metric names as the code registers them: through the kit's counter/gauge/histogram
+// helpers, `new Counter({ name: … })`, or a `…_METRIC = "…"` constant.
+const METRICS_DOC = "docs/metrics.md";
+const metricsDoc = read(METRICS_DOC)?.toString("utf8") ?? "";
+const sourceFiles = (dir: string): string[] =>
+  readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) return name === "test" ? [] : sourceFiles(path);
+    return name.endsWith(".ts") ? [path] : [];
+  });
+const METRIC = /(?:\b(?:counter|gauge|histogram)\([^,()]+,\s*|\bname:\s*|_METRIC\s*=\s*)"(vouch_[a-z0-9_]+)"/g;
+const metricNames = new Set<string>();
+for (const file of sourceFiles("services")) {
+  for (const m of readFileSync(file, "utf8").matchAll(METRIC)) {
+    metricNames.add(m[1]);
+    if (!metricsDoc.includes(`\`${m[1]}\``)) problems.push(`${METRICS_DOC}: metric ${m[1]} (${file}) is not documented`);
+  }
+}
+
 if (problems.length) {
   console.error(`docs check failed:\n  ${problems.join("\n  ")}`);
   process.exit(1);
 }
-console.log(`docs: api.md, descriptor and ER diagrams current; ${diagrams} mermaid diagrams in ${files.length} files parse (${Math.round(performance.now() - started)} ms)`);
+console.log(`docs: api.md, descriptor and ER diagrams current; ${diagrams} mermaid diagrams in ${files.length} files parse; ${metricNames.size} metrics documented (${Math.round(performance.now() - started)} ms)`);
