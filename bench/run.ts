@@ -6,9 +6,9 @@
 //
 //   npm run bench                 full suite (≈ 10 minutes on 2 cores)
 //   npm run bench -- --quick      short phases and a 100,000-code generation (a smoke run)
-//   npm run bench -- voucher auth only the scripts whose names contain these words
+//   npm run bench -- voucher auth the ceilings, then only the scripts whose names contain these words
 import { spawnSync } from "node:child_process";
-import { cpus, totalmem } from "node:os";
+import { cpus, loadavg, totalmem } from "node:os";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { goalsMet, readRows, resolveRatios, type BenchRow } from "./lib/harness.js";
@@ -17,7 +17,8 @@ const SCRIPTS = ["ceilings", "auth-login", "voucher", "promotion", "provider", "
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
 const only = args.filter((a) => !a.startsWith("--"));
-const selected = SCRIPTS.filter((s) => only.length === 0 || only.some((o) => s.includes(o)));
+// The ceilings always run (first): every ratio is taken against this run's.
+const selected = SCRIPTS.filter((s) => s === "ceilings" || only.length === 0 || only.some((o) => s.includes(o)));
 
 const resultsDir = join("bench", "results");
 mkdirSync(resultsDir, { recursive: true });
@@ -31,13 +32,20 @@ const env = {
   ...(quick ? { BENCH_QUICK: "1" } : {}),
 };
 const failed: string[] = [];
+// Per script: wall time and the machine's 1-minute load average before and after (other work
+// on the machine lowers the absolute rates; the load average says how much there was).
+const scripts: { script: string; seconds: number; loadBefore: number; loadAfter: number }[] = [];
+const suiteStarted = Date.now();
 for (const script of selected) {
   console.log(`\n── bench/${script}.ts ${"─".repeat(60 - script.length)}`);
   const started = Date.now();
+  const loadBefore = loadavg()[0];
   const result = spawnSync(process.execPath, ["--import", "tsx", join("bench", `${script}.ts`)], { env, stdio: "inherit", timeout: 20 * 60_000 });
   if (result.status !== 0) failed.push(`${script} (exit ${result.status ?? result.signal})`);
+  scripts.push({ script, seconds: Math.round((Date.now() - started) / 1000), loadBefore: Number(loadBefore.toFixed(2)), loadAfter: Number(loadavg()[0].toFixed(2)) });
   console.log(`   ${script} took ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }
+const wallSeconds = Math.round((Date.now() - suiteStarted) / 1000);
 
 // Every ratio is taken against a row of this same run (a ceiling, or a path's baseline).
 const rows = resolveRatios(readRows(rowsFile));
@@ -74,7 +82,8 @@ for (const r of rows) {
   for (const n of r.notes ?? []) console.log(`  ${n}`);
 }
 
-const summary = { time: new Date().toISOString(), node: process.version, cores: cpus().length, quick, scripts: selected, failed, rows };
+console.log(`\nwall time ${Math.floor(wallSeconds / 60)} min ${wallSeconds % 60} s: ${scripts.map((s) => `${s.script} ${s.seconds} s (load ${s.loadBefore} → ${s.loadAfter})`).join(", ")}`);
+const summary = { time: new Date().toISOString(), node: process.version, cores: cpus().length, quick, wallSeconds, scripts, failed, rows };
 const jsonFile = join(resultsDir, `${stamp}.json`);
 writeFileSync(jsonFile, `${JSON.stringify(summary, null, 2)}\n`);
 writeFileSync(join(resultsDir, "latest.json"), `${JSON.stringify(summary, null, 2)}\n`);
