@@ -63,7 +63,9 @@ describe("provider-sim", () => {
     assert.equal(a.status, 200);
     assert.equal(a.body.status, "SUCCESS");
     assert.match(String(a.body.voucherCode), /^VPS-[2-9A-Z]{5}-[2-9A-Z]{5}$/);
-    assert.ok(a.ms >= 40 && a.ms < 150, `inline after ${a.ms} ms`);
+    // 200 + SUCCESS is the inline answer (a slower code is acknowledged with 202): how late it
+    // arrives past its 50 ms is the machine's load, not the sim's behaviour.
+    assert.ok(a.ms >= 40, `inline after ${a.ms} ms`);
     for (const ack of [b, c]) {
       assert.equal(ack.status, 202);
       assert.deepEqual([ack.body.status, ack.body.codeChallengeMethod, ack.body.message], ["PROCESSING", "S256", "Your request is being processed within 30 seconds"]);
