@@ -185,33 +185,38 @@ async function main() {
     const nats0 = cpuSecondsOf(isNats);
     const self0 = process.cpuUsage();
     const cpu0 = providerCpuSeconds() + cpuSeconds(sim.pid);
-    const deliveredBefore = await countState("delivered");
     const providerCpu0 = providerCpuSeconds();
     const started = performance.now();
     const fast = await burst("fast", REQUESTS);
     const acceptedMs = performance.now() - started;
-    while ((await countState("delivered")) - deliveredBefore < REQUESTS) {
+    // Until every request is in a final state: a request the provider gave up on (failed,
+    // e.g. its calls timed out on an overloaded machine) counts as an error of the row.
+    const final = ["delivered", "failed", "expired"];
+    while ((await countIn(fast.ids, final)) < REQUESTS) {
       if (performance.now() - started > 120_000) {
         const open = (await pool.query("SELECT state, count(*) AS n FROM provider.code_requests WHERE id = ANY($1) GROUP BY state", [fast.ids])).rows;
         throw new Error(`phase 1 did not complete within 120 s: ${JSON.stringify(open)}`);
       }
       await sleep(25);
     }
+    const delivered = await countIn(fast.ids, ["delivered"]);
     const totalMs = performance.now() - started;
     const cpu = providerCpuSeconds() + cpuSeconds(sim.pid) - cpu0;
     const providerCpu = providerCpuSeconds() - providerCpu0;
     const pgCpu = cpuSecondsOf(isPostgres) - pg0;
     const natsCpu = cpuSecondsOf(isNats) - nats0;
     const benchCpu = (process.cpuUsage(self0).user + process.cpuUsage(self0).system) / 1e6;
-    const e2e = (
-      await pool.query("SELECT extract(epoch FROM delivered_at - created_at) * 1000 AS ms FROM provider.code_requests WHERE id = ANY($1)", [fast.ids])
-    ).rows.map((r: { ms: string }) => Number(r.ms)).sort((a, b) => a - b);
+    const fastRows = (
+      await pool.query("SELECT id, state, extract(epoch FROM delivered_at - created_at) * 1000 AS ms FROM provider.code_requests WHERE id = ANY($1)", [fast.ids])
+    ).rows as { id: string; state: string; ms: string | null }[];
+    const e2e = fastRows.filter((r) => r.state === "delivered").map((r) => Number(r.ms)).sort((a, b) => a - b);
     const fastEvents = await eventsByRequest();
-    const fastOk = fast.ids.every((id) => fastEvents.get(id)?.length === 1);
+    // Exactly one code_received per delivered request, none for the others.
+    const fastOk = fastRows.every((r) => (fastEvents.get(r.id)?.length ?? 0) === (r.state === "delivered" ? 1 : 0));
     console.log(`provider bench: ${REQUESTS} requests, ${CLIENTS} concurrent ${PROTOCOL === "grpc" ? "gRPC (HTTP/2)" : "Connect binary (HTTP/1.1)"} clients, ${REPLICAS} provider process${REPLICAS > 1 ? "es" : ""}, loopback, ${tokens.length} customers' tokens`);
     console.log(`\nphase 1 — fast provider (codes inline in 1–5 ms), 80% WEB / 20% SMS`);
     console.log(`  RequestCode accepted        ${(REQUESTS / (acceptedMs / 1000)).toFixed(0)} /s   (rpc p50 ${pct(fast.rpcMs, 50).toFixed(1)} ms, p99 ${pct(fast.rpcMs, 99).toFixed(1)} ms)`);
-    console.log(`  completed end to end        ${(REQUESTS / (totalMs / 1000)).toFixed(0)} /s   (all ${REQUESTS} DELIVERED after ${(totalMs / 1000).toFixed(2)} s; goal ≥ 300/s)`);
+    console.log(`  completed end to end        ${(delivered / (totalMs / 1000)).toFixed(0)} /s   (${delivered} of ${REQUESTS} DELIVERED, all final after ${(totalMs / 1000).toFixed(2)} s; goal ≥ 300/s)`);
     console.log(`  request → delivered         p50 ${pct(e2e, 50).toFixed(0)} ms, p99 ${pct(e2e, 99).toFixed(0)} ms`);
     const perRequest = (seconds: number) => ((seconds * 1000) / REQUESTS).toFixed(2);
     console.log(`  CPU per request             ${perRequest(providerCpu)} ms provider, ${perRequest(pgCpu)} ms Postgres, ${perRequest(natsCpu)} ms NATS, ${perRequest(cpu - providerCpu)} ms sim, ${perRequest(benchCpu)} ms bench clients`);
@@ -279,21 +284,22 @@ async function main() {
     console.log(`  exactly one final state, one code_received and the sim's code per delivered request: ${problems.length ? `NO — ${problems.length} problems:\n    ${problems.slice(0, 10).join("\n    ")}` : "yes"}`);
     // Rows for `npm run bench`'s table.
     const via = `${REQUESTS} RequestCode, ${CLIENTS} concurrent ${PROTOCOL === "grpc" ? "gRPC h2" : "Connect h1.1"}`;
-    const fastRate = REQUESTS / (totalMs / 1000);
+    const fastRate = delivered / (totalMs / 1000);
     report({
       id: "provider",
       path: "provider flow, fast sim (request → delivered)",
       via,
       rate: fastRate,
       unit: "requests/s",
-      ok: REQUESTS,
-      errors: fastOk ? 0 : 1,
+      ok: delivered,
+      errors: REQUESTS - delivered,
       ...latencyStats(e2e),
       rssMiB: rssMiB(providers[0].pid),
       vs: "ceiling.jetstream",
       targets: [
         { goal: "≥ 300 requests/s end to end", value: `${fastRate.toFixed(0)}/s`, met: fastRate >= 300 },
-        { goal: "one code_received per request", value: fastOk ? "yes" : "no", met: fastOk },
+        { goal: "every request delivered", value: `${delivered} of ${REQUESTS}`, met: delivered === REQUESTS },
+        { goal: "one code_received per delivered request, none for the others", value: fastOk ? "yes" : "no", met: fastOk },
       ],
     });
     report({
