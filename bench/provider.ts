@@ -35,7 +35,7 @@ import pg from "pg";
 import { CodeReceivedSchema } from "../gen/vouch/events/v1/events_pb.js";
 import { ProviderService } from "../gen/vouch/provider/v1/provider_pb.js";
 import { DeliveryChannel } from "../gen/vouch/type/v1/provider_code_pb.js";
-import { createTestDatabase, createTestTokens, deleteStream, freePort, testEventNames } from "../services/kit/testing.js";
+import { createTestDatabase, createTestTokens, deleteStream, freePort, stopProcess, testEventNames } from "../services/kit/testing.js";
 import type { SimRequest } from "../services/provider-sim/sim.js";
 import { cpuSeconds, cpuSecondsMatching as cpuSecondsOf, isNats, isPostgres, latencyStats, load, options, percentile, report, rssMiB } from "./lib/harness.js";
 
@@ -314,8 +314,7 @@ async function main() {
     });
     if (problems.length || !fastOk) process.exitCode = 1;
   } finally {
-    for (const child of children) child.kill("SIGTERM");
-    await Promise.all(children.map((c) => (c.exitCode !== null ? null : new Promise((r) => { c.once("exit", r); setTimeout(() => { c.kill("SIGKILL"); r(null); }, 5_000).unref(); }))));
+    await Promise.all(children.map((c) => stopProcess(c)));
     jwksServer.close();
     await pool.end();
     const nc = await connect({ servers: process.env.NATS_URL ?? "nats://127.0.0.1:4222" });

@@ -11,7 +11,7 @@ import { connectNats } from "../../services/kit/events/index.js";
 import { serviceNodeArgs } from "../../services/kit/launch.js";
 import { createLogger } from "../../services/kit/log.js";
 import { createRedis } from "../../services/kit/redis.js";
-import { createTestDatabase, deleteStream, freePort, testEventNames, uniqueSuffix, type TestDatabase } from "../../services/kit/testing.js";
+import { createTestDatabase, deleteStream, freePort, stopProcess, testEventNames, uniqueSuffix, type TestDatabase } from "../../services/kit/testing.js";
 
 // ── options ──────────────────────────────────────────────────────────────────────────────
 
@@ -443,16 +443,7 @@ export async function benchEnvironment(label: string): Promise<BenchEnvironment>
       return { url, port, child };
     },
     async dispose() {
-      await Promise.all(
-        children.map(async (c) => {
-          if (c.exitCode !== null || c.signalCode !== null) return;
-          const exited = new Promise((r) => c.once("exit", r));
-          c.kill("SIGTERM");
-          const timer = setTimeout(() => c.kill("SIGKILL"), 10_000);
-          await exited;
-          clearTimeout(timer);
-        }),
-      );
+      await Promise.all(children.map((c) => stopProcess(c, 10_000)));
       jwks.close();
       const log = createLogger("bench", "silent");
       const nc = await connectNats(process.env.NATS_URL ?? "nats://127.0.0.1:4222", log);

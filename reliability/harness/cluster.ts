@@ -10,6 +10,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { startBalancer, type Balancer } from "./balancer.js";
+import { stopProcess } from "../../services/kit/testing.js";
 import { removeOnAbruptExit, track } from "./infra.js";
 import { freePort, waitFor } from "./util.js";
 import { serviceNodeArgs } from "../../services/kit/launch.js";
@@ -157,12 +158,8 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         const proc = child;
         if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
         (proc as ChildProcess & { expectExit?: () => void }).expectExit?.();
-        const exited = new Promise((res) => proc.once("exit", res));
-        proc.kill("SIGCONT");
-        proc.kill("SIGTERM");
-        const timer = setTimeout(() => proc.kill("SIGKILL"), graceMs);
-        await exited;
-        clearTimeout(timer);
+        proc.kill("SIGCONT"); // a paused replica cannot handle its SIGTERM
+        await stopProcess(proc, graceMs);
       },
       logTail(lines = 40) {
         try {

@@ -7,7 +7,7 @@ import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
-import type { PrivateNats } from "../../services/kit/testing.js";
+import { stopProcess, type PrivateNats } from "../../services/kit/testing.js";
 import { freePort, waitFor } from "./util.js";
 
 export type { PrivateNats };
@@ -250,12 +250,7 @@ export async function startPrivateNats(binary = process.env.NATS_SERVER_BIN ?? "
   async function stop() {
     const proc = child;
     child = undefined;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    const exited = new Promise((r) => proc.once("exit", r));
-    proc.kill("SIGTERM");
-    const timer = setTimeout(() => proc.kill("SIGKILL"), 5_000);
-    await exited;
-    clearTimeout(timer);
+    if (proc) await stopProcess(proc);
   }
   await start();
   return {

@@ -153,15 +153,8 @@ export async function startPrivateNats(binary = process.env.NATS_SERVER_BIN ?? "
 
   async function stop() {
     const proc = child;
-    if (!proc) return;
     child = undefined;
-    if (proc.exitCode === null && proc.signalCode === null) {
-      const exited = new Promise((r) => proc.once("exit", r));
-      proc.kill("SIGTERM");
-      const timer = setTimeout(() => proc.kill("SIGKILL"), 5_000);
-      await exited;
-      clearTimeout(timer);
-    }
+    if (proc) await stopProcess(proc);
   }
 
   await start();
@@ -175,6 +168,19 @@ export async function startPrivateNats(binary = process.env.NATS_SERVER_BIN ?? "
       rmSync(storeDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Stops a child process the way a supervisor would: SIGTERM (a graceful shutdown), then
+ * SIGKILL if it is still running after `graceMs`. Resolves once it has exited.
+ */
+export async function stopProcess(proc: ChildProcess, graceMs = 5_000): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = new Promise((r) => proc.once("exit", r));
+  proc.kill("SIGTERM");
+  const timer = setTimeout(() => proc.kill("SIGKILL"), graceMs);
+  await exited;
+  clearTimeout(timer);
 }
 
 /** A TCP port nothing listens on right now (for servers and processes a test starts). */

@@ -7,7 +7,7 @@ import * as net from "node:net";
 import { connectNats } from "../../kit/events/stream.js";
 import { createLogger } from "../../kit/log.js";
 import { serviceNodeArgs } from "../../kit/launch.js";
-import { createTestDatabase, deleteStream, testEventNames, uniqueSuffix, type TestDatabase } from "../../kit/testing.js";
+import { createTestDatabase, deleteStream, stopProcess, testEventNames, uniqueSuffix, type TestDatabase } from "../../kit/testing.js";
 
 export type PlatformProcess = "auth" | "voucher" | "promotion" | "provider" | "provider-sim" | "edge";
 
@@ -68,16 +68,7 @@ export async function startTestPlatform(
   const pids: TestPlatform["pids"] = {};
   let output = "";
   const stop = async () => {
-    await Promise.all(
-      children.map(async (child) => {
-        if (child.exitCode !== null || child.signalCode !== null) return;
-        const exited = new Promise((r) => child.once("exit", r));
-        child.kill("SIGTERM");
-        const timer = setTimeout(() => child.kill("SIGKILL"), 8_000);
-        await exited;
-        clearTimeout(timer);
-      }),
-    );
+    await Promise.all(children.map((child) => stopProcess(child, 8_000)));
     const nc = await connectNats(process.env.NATS_URL ?? "nats://127.0.0.1:4222", createLogger("test", "silent"));
     await deleteStream(nc, events.stream).catch(() => {});
     await nc.close();
