@@ -268,27 +268,7 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
     const heartbeat = setInterval(() => reply(m, "working"), Math.max(100, ackWaitMs / 3));
     let outcome: "processed" | "duplicate";
     try {
-      outcome = await (opts.transactional === false ? handleOutsideTransaction(event, meta) : opts.db.transaction().execute(async (trx) => {
-        const fresh = await (trx as unknown as Kysely<EventTables>)
-          .withSchema(schemaName)
-          .insertInto("inbox")
-          .values({ consumer: durable, event_id: eventId })
-          .onConflict((oc) => oc.doNothing())
-          .returning("event_id")
-          .executeTakeFirst();
-        if (!fresh) return "duplicate" as const;
-        await opts.handle(trx, event, meta);
-        // Only a redelivered event can have been deferred before.
-        if (deliveryCount > 1) {
-          await (trx as unknown as Kysely<EventTables>)
-            .withSchema(schemaName)
-            .deleteFrom("event_deferrals")
-            .where("consumer", "=", durable)
-            .where("event_id", "=", eventId)
-            .execute();
-        }
-        return "processed" as const;
-      }));
+      outcome = await (opts.transactional === false ? handleOutsideTransaction(event, meta) : handleInTransaction(event, meta));
     } catch (err) {
       if (err instanceof RetryLater) {
         await defer(m, eventId, err);
@@ -318,18 +298,36 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
     if (outcome === "duplicate") log.debug({ eventId }, "event already processed; acked without handling");
   }
 
-  /** Counts a deferral and hands the message back; if the count cannot be stored, the nak still goes. */
+  const events = (db: Kysely<DB>) => (db as unknown as Kysely<EventTables>).withSchema(schemaName);
+  /** Claims the event for this consumer: false when it was processed before. */
+  const recordInInbox = async (db: Kysely<DB>, eventId: string) =>
+    !!(await events(db).insertInto("inbox").values({ consumer: durable, event_id: eventId }).onConflict((oc) => oc.doNothing()).returning("event_id").executeTakeFirst());
+  /** Only a redelivered event can have been deferred before. */
+  const forgetDeferrals = async (db: Kysely<DB>, meta: EventMeta) => {
+    if (meta.deliveryCount > 1) await events(db).deleteFrom("event_deferrals").where("consumer", "=", durable).where("event_id", "=", meta.eventId).execute();
+  };
+
+  /** The inbox row, the handler's effect and the deferral count in one transaction. */
+  function handleInTransaction(event: MessageShape<Desc>, meta: EventMeta): Promise<"processed" | "duplicate"> {
+    return opts.db.transaction().execute(async (trx) => {
+      if (!(await recordInInbox(trx, meta.eventId))) return "duplicate";
+      await opts.handle(trx, event, meta);
+      await forgetDeferrals(trx, meta);
+      return "processed";
+    });
+  }
+
   /** `transactional: false`: look in the inbox, run the handler on the pool, then record it. */
   async function handleOutsideTransaction(event: MessageShape<Desc>, meta: EventMeta): Promise<"processed" | "duplicate"> {
-    const events = (opts.db as unknown as Kysely<EventTables>).withSchema(schemaName);
-    const seen = await events.selectFrom("inbox").select("event_id").where("consumer", "=", durable).where("event_id", "=", meta.eventId).executeTakeFirst();
+    const seen = await tables.selectFrom("inbox").select("event_id").where("consumer", "=", durable).where("event_id", "=", meta.eventId).executeTakeFirst();
     if (seen) return "duplicate";
     await opts.handle(opts.db as unknown as Transaction<DB>, event, meta);
-    await events.insertInto("inbox").values({ consumer: durable, event_id: meta.eventId }).onConflict((oc) => oc.doNothing()).execute();
-    if (meta.deliveryCount > 1) await events.deleteFrom("event_deferrals").where("consumer", "=", durable).where("event_id", "=", meta.eventId).execute();
+    await recordInInbox(opts.db, meta.eventId);
+    await forgetDeferrals(opts.db, meta);
     return "processed";
   }
 
+  /** Counts a deferral and hands the message back; if the count cannot be stored, the nak still goes. */
   async function defer(m: JsMsg, eventId: string, request: RetryLater) {
     try {
       await tables
