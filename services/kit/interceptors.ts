@@ -20,17 +20,18 @@ export function observeInterceptor(opts: { domain: string; log: Logger; metrics:
     const callLog = log.child({ requestId, rpc });
     req.contextValues.set(loggerKey, callLog);
     const started = process.hrtime.bigint();
-    const finish = (code: Code | undefined, err?: ConnectError) => {
+    /** Records the outcome: `err` is the wire error, none for OK. */
+    const finish = (err?: ConnectError) => {
       span.finish(err);
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      const codeName = code === undefined ? "OK" : Code[code];
+      const codeName = err ? Code[err.code] : "OK";
       metrics.rpcRequests.inc({ rpc, code: codeName });
       metrics.rpcDuration.observe({ rpc }, seconds);
       callLog.debug({ code: codeName, ms: seconds * 1000 }, "rpc done");
     };
     const fail = (err: unknown): never => {
       const wire = toConnectError(err, domain, callLog);
-      finish(wire.code, wire);
+      finish(wire);
       throw wire;
     };
     // Everything below runs in the span's context, so every log line of the call (errors
@@ -40,7 +41,7 @@ export function observeInterceptor(opts: { domain: string; log: Logger; metrics:
         const res = await next(req);
         res.header.set(REQUEST_ID_HEADER, requestId);
         if (!res.stream) {
-          finish(undefined);
+          finish();
           return res;
         }
         // Streaming: the outcome is only known when the stream ends.
@@ -51,7 +52,7 @@ export function observeInterceptor(opts: { domain: string; log: Logger; metrics:
           message: (async function* () {
             try {
               yield* source;
-              inSpan(() => finish(undefined));
+              inSpan(() => finish());
             } catch (err) {
               inSpan(() => fail(err));
             }
