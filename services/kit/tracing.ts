@@ -21,21 +21,14 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 
 const tracer = () => trace.getTracer("vouch");
 
-const headersGetter: TextMapGetter<Headers> = {
-  keys: (carrier) => {
-    const keys: string[] = [];
-    carrier.forEach((_, key) => keys.push(key));
-    return keys;
-  },
-  get: (carrier, key) => carrier.get(key) ?? undefined,
-};
 const headersSetter: TextMapSetter<Headers> = { set: (carrier, key, value) => carrier.set(key, value) };
 
-/** Anything with `get(name)`: NATS message headers, fetch Headers. */
+/** Anything with `get(name)`: gRPC/HTTP request headers, NATS message headers. */
 interface HeaderLookup {
   get(key: string): string | undefined | null;
 }
-const lookupGetter: TextMapGetter<HeaderLookup> = {
+// The W3C propagator only asks for these keys.
+const headerGetter: TextMapGetter<HeaderLookup> = {
   keys: () => ["traceparent", "tracestate", "baggage"],
   get: (carrier, key) => carrier.get(key) || undefined,
 };
@@ -57,12 +50,24 @@ export function traceLogFields(): Record<string, string> {
 
 function endWith(span: Span, err: unknown) {
   if (err !== undefined) {
-    const code = err instanceof ConnectError ? Code[err.code] : "INTERNAL";
-    span.setAttribute("rpc.grpc.status_code", err instanceof ConnectError ? err.code : Code.Internal);
-    span.setStatus({ code: SpanStatusCode.ERROR, message: code });
+    const code = err instanceof ConnectError ? err.code : Code.Internal;
+    span.setAttribute("rpc.grpc.status_code", code);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: Code[code] });
     if (!(err instanceof ConnectError)) span.recordException(err as Error);
   }
   span.end();
+}
+
+/** Runs `fn` with `span` active in `ctx` and ends the span with its outcome. */
+async function runInSpan<T>(span: Span, ctx: Context, fn: () => Promise<T>): Promise<T> {
+  try {
+    const result = await context.with(ctx, fn);
+    endWith(span, undefined);
+    return result;
+  } catch (err) {
+    endWith(span, err);
+    throw err;
+  }
 }
 
 /**
@@ -71,7 +76,7 @@ function endWith(span: Span, err: unknown) {
  * known (for a stream, when it ends).
  */
 export function startServerSpan(rpcService: string, rpcMethod: string, header: Headers): { ctx: Context; finish(err?: unknown): void } {
-  const parent = propagation.extract(context.active(), header, headersGetter);
+  const parent = propagation.extract(context.active(), header, headerGetter);
   const span = tracer().startSpan(
     `${rpcService}/${rpcMethod}`,
     { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc", "rpc.service": rpcService, "rpc.method": rpcMethod } },
@@ -91,14 +96,7 @@ export const traceClientInterceptor: Interceptor = (next) => async (req) => {
   });
   const ctx = trace.setSpan(context.active(), span);
   propagation.inject(ctx, req.header, headersSetter);
-  try {
-    const res = await context.with(ctx, () => next(req));
-    endWith(span, undefined);
-    return res;
-  } catch (err) {
-    endWith(span, err);
-    throw err;
-  }
+  return runInSpan(span, ctx, () => next(req));
 };
 
 /**
@@ -106,20 +104,13 @@ export const traceClientInterceptor: Interceptor = (next) => async (req) => {
  * context, carried in the message headers from the outbox row.
  */
 export async function withConsumerSpan<T>(consumer: string, subject: string, headers: HeaderLookup | undefined, handle: () => Promise<T>): Promise<T> {
-  const parent = headers ? propagation.extract(context.active(), headers, lookupGetter) : context.active();
+  const parent = headers ? propagation.extract(context.active(), headers, headerGetter) : context.active();
   const span = tracer().startSpan(
     `${subject} process`,
     { kind: SpanKind.CONSUMER, attributes: { "messaging.system": "nats", "messaging.destination.name": subject, "messaging.consumer.group.name": consumer } },
     parent,
   );
-  try {
-    const result = await context.with(trace.setSpan(parent, span), handle);
-    endWith(span, undefined);
-    return result;
-  } catch (err) {
-    endWith(span, err);
-    throw err;
-  }
+  return runInSpan(span, trace.setSpan(parent, span), handle);
 }
 
 /** Exports the spans still buffered (on shutdown, before the process exits). */
