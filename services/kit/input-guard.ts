@@ -66,14 +66,18 @@ export function requestViolations(message: unknown): FieldViolation[] {
         found.push({ field: path, description: wellKnown, reason: o.$typeName === "google.protobuf.Timestamp" ? "INVALID_TIMESTAMP" : "INVALID_DURATION" });
         return;
       }
+      // A message's own keys are field names; any other object is a map, whose keys are
+      // request text too.
+      const isMessage = "$typeName" in o;
       for (const [k, v] of Object.entries(o)) {
         if (k === "$typeName" || k === "$unknown") continue;
-        // Map keys are request text too.
-        if (!("$typeName" in o)) {
-          const problem = textProblem(k);
-          if (problem) found.push({ field: `${path}[key]`, description: problem, reason: "INVALID_TEXT" });
+        if (isMessage) {
+          visit(v, path ? `${path}.${protoName(k)}` : protoName(k));
+          continue;
         }
-        visit(v, "$typeName" in o ? (path ? `${path}.${protoName(k)}` : protoName(k)) : `${path}[${JSON.stringify(k.slice(0, 40))}]`);
+        const problem = textProblem(k);
+        if (problem) found.push({ field: `${path}[key]`, description: problem, reason: "INVALID_TEXT" });
+        visit(v, `${path}[${JSON.stringify(k.slice(0, 40))}]`);
       }
     }
   };
