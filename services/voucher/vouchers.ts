@@ -92,7 +92,8 @@ export class Vouchers {
   }
 
   /** Says why a refused reserve/redeem was refused; the rules are ValidateVoucher's. */
-  private async explain(trx: Kysely<VoucherDB>, code: string, userId: string, order: Money | undefined, heldFence?: bigint, chargeMisses = false): Promise<never> {
+  private async explain(trx: Kysely<VoucherDB>, code: string, userId: string, order: Money | undefined, opts: { heldFence?: bigint; chargeMisses?: boolean } = {}): Promise<never> {
+    const { heldFence, chargeMisses = false } = opts;
     const look = await store.findByCode(trx, code, userId);
     const why = whyUnusable(look.voucher, { userId, now: look.now, userRedemptions: look.userRedemptions, order, heldFence });
     // A redeem that misses tells the caller whether a code exists (and whose it is): each
@@ -290,7 +291,7 @@ export class Vouchers {
             throw failedPrecondition("RESERVATION_STALE", "the reservation expired and the code has been reserved again since");
           }
         }
-        return this.explain(trx, code, userId, order, reservation?.fence, true);
+        return this.explain(trx, code, userId, order, { heldFence: reservation?.fence, chargeMisses: true });
       }
       // A refusal below throws, and the transaction takes the use back.
       if (reservation && !reservationUsed) throw failedPrecondition("RESERVATION_INVALID", "the reservation was released or used already");
