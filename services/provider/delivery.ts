@@ -1,5 +1,8 @@
-// Delivery: consumes `provider.code_received` (the voucher service consumes the same event
-// to store the purchased code) and hands the code to the customer on the chosen channel.
+// Delivery: consumes `voucher.purchased_code_stored` — the voucher service's word that it
+// stored the code of a `provider.code_received` event for the phone number — and only then
+// hands the code to the customer on the chosen channel, so every delivered code is on
+// record (and listed by ListPurchasedCodes) before the customer can use it. A voucher
+// service that is down or behind holds deliveries back; it never loses them.
 //
 //   WEB → succeeded/late_succeeded → delivered: the WatchCodeRequest stream (and
 //         GetCodeRequest) show the code; the state change itself wakes the watchers.
@@ -10,7 +13,7 @@
 // request FAILED (undeliverable); the code stays stored for the phone number.
 import type { MessageShape } from "@bufbuild/protobuf";
 import type { Transaction } from "kysely";
-import type { CodeReceivedSchema } from "../../gen/vouch/events/v1/events_pb.js";
+import type { PurchasedCodeStoredSchema } from "../../gen/vouch/events/v1/events_pb.js";
 import { DeliveryChannel } from "../../gen/vouch/type/v1/provider_code_pb.js";
 import type { EventMeta } from "../kit/events/index.js";
 import { unavailable } from "../kit/errors.js";
@@ -27,9 +30,9 @@ export interface DeliveryDeps {
   log: Logger;
 }
 
-export function codeReceivedHandler(deps: DeliveryDeps) {
+export function codeStoredHandler(deps: DeliveryDeps) {
   const { sms, log } = deps;
-  return async (trx: Transaction<ProviderDB>, event: MessageShape<typeof CodeReceivedSchema>, meta: EventMeta): Promise<void> => {
+  return async (trx: Transaction<ProviderDB>, event: MessageShape<typeof PurchasedCodeStoredSchema>, meta: EventMeta): Promise<void> => {
     const id = event.codeRequestId;
     if (event.channel !== DeliveryChannel.SMS) {
       // The state change is the delivery: it wakes the request's watchers.

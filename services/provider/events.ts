@@ -8,10 +8,14 @@ import type { Channel, ProviderStatus } from "./domain/states.js";
 import type { ProviderDB } from "./store/schema.js";
 import type { CodeRequestRow } from "./store/requests.js";
 
-/** Seed 002's `request-code` and `receive-code` topics. */
+/**
+ * Seed 002's `request-code` and `receive-code` topics, and the voucher service's word that
+ * it stored a received code (delivery waits for it).
+ */
 export const SUBJECTS = {
   codeRequested: "provider.code_requested",
   codeReceived: "provider.code_received",
+  purchasedCodeStored: "voucher.purchased_code_stored",
 } as const;
 
 export const CHANNEL_TO_PROTO: Record<Channel, DeliveryChannel> = { web: DeliveryChannel.WEB, sms: DeliveryChannel.SMS };

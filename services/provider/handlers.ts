@@ -63,7 +63,17 @@ const CHANNEL_FROM_PROTO = new Map<DeliveryChannel, Channel>([
 
 const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
 
-export function codeRequestToProto(r: CodeRequestRow): CodeRequest {
+/**
+ * Who reads the request. A customer sees the code only once it was delivered (or kept
+ * for the phone number when an SMS could not be sent): before that it may not be stored
+ * yet, and a code shown early would be one we might have no record of. Operators see it
+ * as soon as it was received.
+ */
+export type Audience = "customer" | "operator";
+const CODE_SHOWN_TO_CUSTOMERS: readonly RequestState[] = ["delivered", "failed"];
+
+export function codeRequestToProto(r: CodeRequestRow, audience: Audience = "operator"): CodeRequest {
+  const showCode = audience === "operator" || CODE_SHOWN_TO_CUSTOMERS.includes(r.state);
   return create(CodeRequestSchema, {
     id: r.id,
     userId: r.userId,
@@ -71,7 +81,7 @@ export function codeRequestToProto(r: CodeRequestRow): CodeRequest {
     channel: CHANNEL_TO_PROTO[r.channel],
     state: STATE_TO_PROTO[r.state],
     statusMessage: r.statusMessage,
-    code: r.code ?? "",
+    code: showCode ? (r.code ?? "") : "",
     providerStatus: r.providerStatus ? STATUS_TO_PROTO[r.providerStatus] : undefined,
     retryOfCodeRequestId: r.retryOfId ?? "",
     attemptCount: r.attemptCount,
@@ -105,16 +115,16 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
   const watchPollMs = deps.watchPollMs ?? 2_000;
 
   /** The request if the caller may read it; NOT_OWNER for customers whether or not it exists. */
-  async function readable(id: string, ctx: HandlerContext): Promise<CodeRequestRow> {
+  async function readable(id: string, ctx: HandlerContext): Promise<{ row: CodeRequestRow; audience: Audience }> {
     throwIf([id ? undefined : { field: "code_request_id", reason: "CODE_REQUEST_ID_REQUIRED", description: "is required" }]);
     const caller = requireCaller(ctx);
     const row = await getCodeRequest(db, id);
     if (!privileged(caller)) {
       if (!row || row.userId !== caller.subject) throw permissionDenied("NOT_OWNER", "this code request belongs to another user");
-      return row;
+      return { row, audience: "customer" };
     }
     if (!row) throw notFound("CODE_REQUEST_NOT_FOUND", `code request ${id} does not exist`, { codeRequestId: id });
-    return row;
+    return { row, audience: "operator" };
   }
 
   return {
@@ -146,7 +156,8 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
     },
 
     async getCodeRequest(req, ctx) {
-      return { codeRequest: codeRequestToProto(await readable(req.codeRequestId, ctx)) };
+      const { row, audience } = await readable(req.codeRequestId, ctx);
+      return { codeRequest: codeRequestToProto(row, audience) };
     },
 
     async *watchCodeRequest(req, ctx) {
@@ -159,8 +170,10 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
         wake?.();
       });
       try {
-        let current = await readable(id, ctx);
-        yield { codeRequest: codeRequestToProto(current) };
+        const first = await readable(id, ctx);
+        const audience = first.audience;
+        let current = first.row;
+        yield { codeRequest: codeRequestToProto(current, audience) };
         const endAt = Date.now() + deps.watchMaxMs;
         while (!isFinal(current.state) && !ctx.signal.aborted && Date.now() < endAt) {
           if (!changed) {
@@ -181,7 +194,7 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
           const next = await getCodeRequest(db, id);
           if (next && next.state !== current.state) {
             current = next;
-            yield { codeRequest: codeRequestToProto(current) };
+            yield { codeRequest: codeRequestToProto(current, audience) };
           }
         }
       } finally {
@@ -201,7 +214,7 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
       const beforeId = decodePageToken<string>(req.pageToken, filters);
       const rows = await listCodeRequests(db, filters, { beforeId, limit: limit + 1 });
       const { items, next } = page(rows, limit, filters, (last) => last.id);
-      return { codeRequests: items.map(codeRequestToProto), nextPageToken: next };
+      return { codeRequests: items.map((r) => codeRequestToProto(r)), nextPageToken: next };
     },
 
     async retryCodeRequest(req, ctx) {

@@ -1,7 +1,8 @@
 // Composition root of the provider service: config → platform (Postgres schema `provider`
 // migrated, Redis for RequestCode's rate limits, NATS + outbox relay, token verifier) → the outside provider's client behind a
 // circuit breaker, the SMS sender, the change feed → the worker (`code_requested`), the
-// delivery (`code_received`), the deadline sweep → one listener serving ProviderService
+// delivery (`voucher.purchased_code_stored`: a code is delivered once the voucher service
+// stored it), the deadline sweep → one listener serving ProviderService
 // and the provider's callback endpoint.
 //
 // `startProvider` builds and starts everything but the listener, so tests run the real
@@ -9,7 +10,7 @@
 // handles SIGTERM.
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { CodeReceivedSchema, CodeRequestedSchema } from "../../gen/vouch/events/v1/events_pb.js";
+import { CodeRequestedSchema, PurchasedCodeStoredSchema } from "../../gen/vouch/events/v1/events_pb.js";
 import { ProviderService } from "../../gen/vouch/provider/v1/provider_pb.js";
 import type { TokenVerifier } from "../kit/auth.js";
 import { loadConfig, type Config } from "../kit/config.js";
@@ -21,7 +22,7 @@ import type { ServiceServerOptions } from "../kit/server.js";
 import { createProviderGateway, type ProviderGateway } from "./breaker.js";
 import { callbackRoute } from "./callback.js";
 import { startChangeFeed } from "./changes.js";
-import { codeReceivedHandler } from "./delivery.js";
+import { codeStoredHandler } from "./delivery.js";
 import { SUBJECTS } from "./events.js";
 import { providerRoutes } from "./handlers.js";
 import { createProviderClient } from "./provider-client.js";
@@ -31,7 +32,7 @@ import { providerMigrations, type ProviderDB } from "./store/schema.js";
 import { startSweeper, type Sweeper } from "./sweeper.js";
 import { callbackPath, codeRequestedHandler } from "./worker.js";
 
-/** Deliveries of a `code_received` event before an SMS that cannot be sent fails the request. */
+/** Deliveries of a `purchased_code_stored` event before an SMS that cannot be sent fails the request. */
 const SMS_DELIVERY_ATTEMPTS = 10;
 
 export interface ProviderProcess {
@@ -110,12 +111,12 @@ export async function startProvider(config: Config, settings: ProviderSettings, 
     const delivery = await startConsumer({
       ...common,
       durable: "provider-delivery",
-      filterSubject: SUBJECTS.codeReceived,
-      schema: CodeReceivedSchema,
+      filterSubject: SUBJECTS.purchasedCodeStored,
+      schema: PurchasedCodeStoredSchema,
       db: consumerDb,
       concurrency: settings.deliveryConcurrency,
       backoffMs: [500, 2_000, 5_000, 15_000],
-      handle: codeReceivedHandler({ sms, maxAttempts: SMS_DELIVERY_ATTEMPTS, log }),
+      handle: codeStoredHandler({ sms, maxAttempts: SMS_DELIVERY_ATTEMPTS, log }),
     });
     platform.onClose(() => delivery.stop());
 

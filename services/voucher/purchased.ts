@@ -1,7 +1,10 @@
 // Codes bought from the outside provider: stored once per code request (from the
-// `provider.code_received` event, or StorePurchasedCode for reconciliation), listed by
+// `provider.code_received` event, or StorePurchasedCode for reconciliation) and announced
+// by `voucher.purchased_code_stored` in the same transaction — the provider delivers a code
+// only after that, so no customer ever holds a code we have no record of —, listed by
 // phone number for the phone's owner or an admin.
 import type { Kysely, Transaction } from "kysely";
+import { announcePurchasedCodeStored } from "./events.js";
 import { newId } from "../kit/ids.js";
 import { alreadyExists, notFound, permissionDenied } from "../kit/errors.js";
 import * as store from "./store/purchased.js";
@@ -15,14 +18,16 @@ export type PurchaseInput = Omit<PurchasedCode, "id" | "createdAt">;
 export const E164 = /^\+[1-9]\d{6,14}$/;
 
 /**
- * Stores a code; a repeat for the same code request returns the stored one, and a
- * different code or phone under the same request id is refused (REQUEST_ID_REUSED).
+ * Stores a code and announces it; a repeat for the same code request returns the stored
+ * one and announces nothing, and a different code or phone under the same request id is
+ * refused (REQUEST_ID_REUSED).
  */
-export async function storePurchase(trx: Kysely<VoucherDB> | Transaction<VoucherDB>, input: PurchaseInput): Promise<PurchasedCode> {
-  const { stored } = await store.storePurchased(trx, { id: newId(), ...input });
+export async function storePurchase(trx: Transaction<VoucherDB>, input: PurchaseInput): Promise<PurchasedCode> {
+  const { stored, inserted } = await store.storePurchased(trx, { id: newId(), ...input });
   if (stored.code !== input.code || stored.phoneNumber !== input.phoneNumber || stored.userId !== input.userId) {
     throw alreadyExists("REQUEST_ID_REUSED", "this code request already stored a different code or phone number", { codeRequestId: input.codeRequestId });
   }
+  if (inserted) await announcePurchasedCodeStored(trx, stored);
   return stored;
 }
 

@@ -1,9 +1,12 @@
 // From RequestCode to the customer: web delivery seen on the WatchCodeRequest stream, SMS
-// delivery seen in the dev sink, the deadline sweep telling customers (stream and SMS),
-// exactly one `code_received` per request, and replicas sharing the work.
+// delivery seen in the dev sink, both only after the voucher service stored the code, the
+// deadline sweep telling customers (stream and SMS), exactly one `code_received` per
+// request, and replicas sharing the work.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
+import pg from "pg";
 import { CodeRequestState, type WatchCodeRequestResponse } from "../../../gen/vouch/provider/v1/provider_pb.js";
 import { DeliveryChannel, ProviderCodeStatus } from "../../../gen/vouch/type/v1/provider_code_pb.js";
 import { bearer, expectError, newPhone, startProviderHarness, waitFor, type ProviderHarness } from "./harness.js";
@@ -47,6 +50,7 @@ describe("delivery", () => {
     assert.ok(states.includes(CodeRequestState.ACKNOWLEDGED), `acknowledged seen: ${states}`);
     const last = seen[seen.length - 1].codeRequest!;
     assert.equal(last.state, CodeRequestState.DELIVERED);
+    assert.deepEqual(seen.slice(0, -1).map((m) => m.codeRequest!.code), seen.slice(0, -1).map(() => ""), "the customer sees no code before it is delivered");
     const simRequest = await h.sim.request(codeRequest.id);
     assert.equal(last.code, simRequest?.voucherCode, "the code on the stream is the provider's");
     assert.equal(last.providerStatus, ProviderCodeStatus.SUCCESS);
@@ -82,6 +86,47 @@ describe("delivery", () => {
     assert.deepEqual(byPhone.sentSms.map((s) => s.id), [sentSms[0].id]);
     await expectError(h.client.listSentSms({}, bearer(token)), Code.PermissionDenied, "ADMIN_REQUIRED");
     assert.equal((await h.codeReceivedEvents()).filter((e) => e.codeRequestId === codeRequest!.id).length, 1);
+  });
+
+  test("a code is delivered only once the voucher service stored it: while its store is blocked the customer waits, then gets the stored code", async () => {
+    const blocker = new pg.Client({ connectionString: h.config.databaseUrl });
+    await blocker.connect();
+    const phone = newPhone();
+    const token = await h.tokens.customer("user-gated", phone);
+    let web: string, sms: string;
+    try {
+      await blocker.query("BEGIN");
+      await blocker.query("LOCK TABLE voucher.purchased_codes IN SHARE ROW EXCLUSIVE MODE");
+      web = (await h.client.requestCode({ phoneNumber: phone, channel: DeliveryChannel.WEB, requestId: "gated-web" }, bearer(token))).codeRequest!.id;
+      sms = (await h.client.requestCode({ phoneNumber: phone, channel: DeliveryChannel.SMS, requestId: "gated-sms" }, bearer(token))).codeRequest!.id;
+      await h.waitForState(web, ["succeeded"]);
+      await h.waitForState(sms, ["succeeded"]);
+      await waitFor("the voucher service's insert to wait on the lock", async () => {
+        const r = await blocker.query("SELECT count(*) AS n FROM pg_locks WHERE NOT granted AND relation = 'voucher.purchased_codes'::regclass");
+        return Number(r.rows[0].n) > 0;
+      });
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal((await h.row(web)).state, "succeeded", "not delivered while the code is not stored");
+      assert.equal((await h.row(sms)).state, "succeeded");
+      const shown = (await h.client.getCodeRequest({ codeRequestId: web }, bearer(token))).codeRequest!;
+      assert.equal(shown.state, CodeRequestState.SUCCEEDED);
+      assert.equal(shown.code, "", "no code for the customer yet");
+      const admin = await h.tokens.admin();
+      assert.notEqual((await h.client.getCodeRequest({ codeRequestId: web }, bearer(admin))).codeRequest!.code, "", "operators see the received code");
+      assert.equal((await h.client.listSentSms({ codeRequestId: sms }, bearer(admin))).sentSms.length, 0, "nothing texted yet");
+    } finally {
+      await blocker.query("COMMIT").catch(() => {});
+      await blocker.end();
+    }
+    for (const id of [web, sms]) {
+      const row = await h.waitForState(id, ["delivered"]);
+      const { purchasedCodes } = await h.vouchers.listPurchasedCodes({ phoneNumber: phone }, bearer(token));
+      const stored = purchasedCodes.find((p) => p.codeRequestId === id);
+      assert.ok(stored, "the delivered code is stored for the phone number");
+      assert.equal(stored.code, row.code);
+      assert.ok(stored.createTime && timestampDate(stored.createTime) <= row.deliveredAt!, "stored before it was delivered");
+    }
+    assert.equal((await h.client.getCodeRequest({ codeRequestId: web }, bearer(token))).codeRequest!.code, (await h.row(web)).code);
   });
 
   test("a request never called back expires at its deadline: the web stream ends EXPIRED and an SMS customer is texted", async () => {

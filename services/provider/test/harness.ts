@@ -1,7 +1,8 @@
 // Runs the real provider service in-process on a spare port against the real Postgres and
 // NATS (a database and a stream of its own per test file), with provider-sim as a real
 // separate process (`node --import tsx services/provider-sim/main.ts`) on another spare
-// port. Tokens are minted here with jose and verified through a local JWKS, the way
+// port, and the real voucher service next to it (same database and stream): it stores each
+// received code, and only then does the provider deliver it. Tokens are minted here with jose and verified through a local JWKS, the way
 // every service verifies auth's tokens.
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -16,6 +17,7 @@ import { createLogger } from "../../kit/log.js";
 import { ErrorInfoSchema, RetryInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { CodeReceivedSchema, type CodeReceived } from "../../../gen/vouch/events/v1/events_pb.js";
 import { ProviderService } from "../../../gen/vouch/provider/v1/provider_pb.js";
+import { VoucherService } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
 import type { TokenVerifier } from "../../kit/auth.js";
 import { loadConfig, type Config } from "../../kit/config.js";
 import { listen } from "../../kit/platform.js";
@@ -24,6 +26,8 @@ import { createTestDatabase, createTestTokens, deleteStream, freePort, testEvent
 import type { Behaviour, SimConfig } from "../../provider-sim/behaviour.js";
 import type { SimCall, SimRequest } from "../../provider-sim/sim.js";
 import type { RequestState } from "../domain/states.js";
+import { startVoucher, type VoucherProcess } from "../../voucher/main.js";
+import { loadVoucherSettings } from "../../voucher/settings.js";
 import { startProvider, type ProviderProcess } from "../main.js";
 import { loadProviderSettings, type ProviderSettings } from "../settings.js";
 import { getCodeRequest, type CodeRequestRow } from "../store/requests.js";
@@ -126,6 +130,9 @@ export interface ProviderHarness {
   tokens: Tokens;
   /** Verifies the harness's tokens (for peer services started next to the provider). */
   verifier: TokenVerifier;
+  /** The voucher service that stores the purchased codes, and a client of it. */
+  voucher: VoucherProcess;
+  vouchers: Client<typeof VoucherService>;
   nc: NatsConnection;
   /** Starts another replica against the same database and stream (stopped by close()). */
   addReplica(): Promise<ProviderProcess>;
@@ -180,9 +187,18 @@ export async function startProviderHarness(
 
   const provider = await startProvider(config, settings, { verifier });
   let server: RunningServer;
+  let voucher: VoucherProcess | undefined;
+  let voucherServer: RunningServer;
   try {
     server = await listen(provider.platform, { ...provider.server, verifier });
+    voucher = await startVoucher(
+      { ...loadConfig("voucher", {}), port: 0, databaseUrl: testDb.url, natsStream: events.stream, natsSubjectPrefix: events.subjectPrefix, redisKeyPrefix: `${config.redisKeyPrefix}voucher:`, logLevel: LOG_LEVEL, shutdownGraceMs: 500 },
+      loadVoucherSettings({}),
+      { verifier },
+    );
+    voucherServer = await listen(voucher.platform, { ...voucher.server, verifier });
   } catch (err) {
+    await voucher?.platform.close();
     await provider.platform.close();
     throw err;
   }
@@ -201,6 +217,8 @@ export async function startProviderHarness(
     sim,
     tokens,
     verifier,
+    voucher,
+    vouchers: createClient(VoucherService, createGrpcTransport({ baseUrl: voucherServer.url })),
     nc,
     async addReplica() {
       const replica = await startProvider(config, settings, { verifier });
@@ -255,8 +273,10 @@ export async function startProviderHarness(
     metrics: () => fetch(`${url}/metrics`).then((r) => r.text()),
     async close() {
       await server.close();
+      await voucherServer.close();
       for (const r of replicas) await r.platform.close();
       await provider.platform.close();
+      await voucher!.platform.close();
       await deleteStream(nc, config.natsStream).catch(() => {});
       await nc.close();
       await sim.stop();

@@ -1,45 +1,22 @@
 // With the real voucher service next to the provider (same database server and stream):
-// each code the provider receives is stored once as a purchased code for its phone number,
-// and the owner of that phone lists them (seed 002's flow 10–13).
+// each code the provider receives is stored once as a purchased code for its phone number
+// before it is delivered, and the owner of that phone lists them (seed 002's flow 10–13).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Code } from "@connectrpc/connect";
-import { DeliveryChannel, ProviderCodeStatus } from "../../../gen/vouch/type/v1/provider_code_pb.js";
-import { VoucherService } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
-import { loadConfig } from "../../kit/config.js";
-import { listen } from "../../kit/platform.js";
-import type { RunningServer } from "../../kit/server.js";
-import { uniqueSuffix } from "../../kit/testing.js";
-import { startVoucher, type VoucherProcess } from "../../voucher/main.js";
-import { loadVoucherSettings } from "../../voucher/settings.js";
-import { bearer, expectError, LOG_LEVEL, newPhone, startProviderHarness, waitFor, type ProviderHarness } from "./harness.js";
+import { sql } from "kysely";
+import { ProviderCodeStatus, DeliveryChannel } from "../../../gen/vouch/type/v1/provider_code_pb.js";
+import { bearer, expectError, newPhone, startProviderHarness, waitFor, type ProviderHarness } from "./harness.js";
 
 let h: ProviderHarness;
-let voucher: VoucherProcess;
-let voucherServer: RunningServer;
-let vouchers: Client<typeof VoucherService>;
 
 before(async () => {
   h = await startProviderHarness("purchased", {
     // Half the codes inline, half by callback, one of them late.
     sim: { default: { inlineWindowMs: 200, lateAfterMs: 600, latency: [{ weight: 1, minMs: 50, maxMs: 900 }] } },
   });
-  voucher = await startVoucher(
-    { ...loadConfig("voucher", {}), port: 0, databaseUrl: h.config.databaseUrl, natsStream: h.config.natsStream, natsSubjectPrefix: h.config.natsSubjectPrefix, redisKeyPrefix: `vouch-test:provider-purchased:${uniqueSuffix()}:`, logLevel: LOG_LEVEL, shutdownGraceMs: 500 },
-    loadVoucherSettings({}),
-    { verifier: h.verifier },
-  );
-  const { platform } = voucher;
-  voucherServer = await listen(platform, { ...voucher.server, verifier: h.verifier });
-  vouchers = createClient(VoucherService, createGrpcTransport({ baseUrl: voucherServer.url }));
 });
-after(async () => {
-  await voucherServer?.close();
-  await voucher?.platform.close();
-  await h?.close();
-});
+after(() => h?.close());
 
 test("every code the provider receives is stored once for its phone number, and its owner lists them", async () => {
   const phone = newPhone();
@@ -52,7 +29,7 @@ test("every code the provider receives is stored once for its phone number, and 
   const rows = await Promise.all(ids.map((id) => h.waitForState(id, ["delivered"])));
 
   const listed = await waitFor("the voucher service to store all six", async () => {
-    const { purchasedCodes } = await vouchers.listPurchasedCodes({ phoneNumber: phone }, bearer(owner));
+    const { purchasedCodes } = await h.vouchers.listPurchasedCodes({ phoneNumber: phone }, bearer(owner));
     return purchasedCodes.length === ids.length ? purchasedCodes : undefined;
   });
   assert.deepEqual(listed.map((p) => p.codeRequestId).sort(), [...ids].sort(), "one per request");
@@ -64,6 +41,6 @@ test("every code the provider receives is stored once for its phone number, and 
     assert.equal(p.providerStatus, row.providerStatus === "late_success" ? ProviderCodeStatus.LATE_SUCCESS : ProviderCodeStatus.SUCCESS);
   }
   // Another customer may not list this phone's codes; an admin may.
-  await expectError(vouchers.listPurchasedCodes({ phoneNumber: phone }, bearer(await h.tokens.customer("user-other", newPhone()))), Code.PermissionDenied, "NOT_OWNER");
-  assert.equal((await vouchers.listPurchasedCodes({ phoneNumber: phone }, bearer(await h.tokens.admin()))).purchasedCodes.length, ids.length);
+  await expectError(h.vouchers.listPurchasedCodes({ phoneNumber: phone }, bearer(await h.tokens.customer("user-other", newPhone()))), Code.PermissionDenied, "NOT_OWNER");
+  assert.equal((await h.vouchers.listPurchasedCodes({ phoneNumber: phone }, bearer(await h.tokens.admin()))).purchasedCodes.length, ids.length);
 });

@@ -1,13 +1,14 @@
 // Codes bought from the provider: stored once per code request from the
-// `provider.code_received` event (a durable consumer) or StorePurchasedCode, and read by
-// the phone's owner or an admin.
+// `provider.code_received` event (a durable consumer) or StorePurchasedCode, announced once
+// by `voucher.purchased_code_stored` (the provider delivers on it), and read by the phone's
+// owner or an admin.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { randomUUID } from "node:crypto";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { sql } from "kysely";
-import { CodeReceivedSchema } from "../../../gen/vouch/events/v1/events_pb.js";
+import { CodeReceivedSchema, PurchasedCodeStoredSchema } from "../../../gen/vouch/events/v1/events_pb.js";
 import { DeliveryChannel, ProviderCodeStatus } from "../../../gen/vouch/type/v1/provider_code_pb.js";
 import { failure, startHarness, waitFor, type Harness } from "./harness.js";
 
@@ -29,6 +30,12 @@ async function publish(codeRequestId: string, code: string, msgId = randomUUID()
 const rowsFor = async (codeRequestId: string) =>
   (await sql<{ code: string }>`SELECT code FROM purchased_codes WHERE code_request_id = ${codeRequestId}`.execute(h.voucher.platform.db)).rows;
 
+/** The `purchased_code_stored` events the voucher service wrote for a code request. */
+const storedEvents = async (codeRequestId: string) =>
+  (await sql<{ payload: Uint8Array }>`SELECT payload FROM outbox WHERE subject = 'voucher.purchased_code_stored'`.execute(h.voucher.platform.db)).rows
+    .map((r) => fromBinary(PurchasedCodeStoredSchema, r.payload))
+    .filter((e) => e.codeRequestId === codeRequestId);
+
 describe("purchased codes", () => {
   test("a code_received event is stored once, however often it is delivered or republished", async () => {
     const requestId = randomUUID();
@@ -39,6 +46,10 @@ describe("purchased codes", () => {
     await waitFor("the code to be stored", async () => (await rowsFor(requestId)).length === 1);
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual(await rowsFor(requestId), [{ code: "PROV-111" }]);
+    const announced = await storedEvents(requestId);
+    assert.equal(announced.length, 1, "announced once, in the transaction that stored it");
+    assert.equal(announced[0].phoneNumber, PHONE);
+    assert.equal(announced[0].channel, DeliveryChannel.WEB);
   });
 
   test("an event carrying a different code for a stored request changes nothing and lands in the dead letters", async () => {
@@ -62,6 +73,8 @@ describe("purchased codes", () => {
     assert.equal((await failure(h.client.storePurchasedCode({ purchasedCode: { ...purchasedCode, code: "PROV-OTHER" } }, service))).reason, "REQUEST_ID_REUSED");
     assert.equal((await failure(h.client.storePurchasedCode({ purchasedCode: { ...purchasedCode, phoneNumber: "0901" } }, service))).code, "InvalidArgument");
     assert.equal((await failure(h.client.storePurchasedCode({ purchasedCode }, await h.as("u-buyer")))).reason, "SERVICE_REQUIRED");
+    const announced = await storedEvents(purchasedCode.codeRequestId);
+    assert.deepEqual(announced.map((e) => [e.purchasedCodeId, e.channel, e.userId]), [[first.purchasedCode?.id, DeliveryChannel.SMS, "u-buyer"]], "one announcement for the stored code, none for the repeat or the refusals");
   });
 
   test("ListPurchasedCodes: the owner of the phone (token claim) or an admin, newest first and paged; anyone else NOT_OWNER", async () => {

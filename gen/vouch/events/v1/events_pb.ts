@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vouch/events/v1/events.proto.
  */
 export const file_vouch_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Chx2b3VjaC9ldmVudHMvdjEvZXZlbnRzLnByb3RvEg92b3VjaC5ldmVudHMudjEiZAoMVXNlckxvZ2dlZEluEg8KB3VzZXJfaWQYASABKAkSEwoLZmlyc3RfbG9naW4YAiABKAgSLgoKbG9naW5fdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiiQEKDlZvdWNoZXJHcmFudGVkEhAKCGdyYW50X2lkGAEgASgJEhMKC2NhbXBhaWduX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSDwoHYm9va19pZBgEIAEoCRIuCgpncmFudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLGAgoOVG9wVXBDb21wbGV0ZWQSEQoJdG9wX3VwX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSFAoMcGhvbmVfbnVtYmVyGAMgASgJEiQKBmFtb3VudBgEIAEoCzIULnZvdWNoLnR5cGUudjEuTW9uZXkSKQoLYW1vdW50X3BhaWQYBSABKAsyFC52b3VjaC50eXBlLnYxLk1vbmV5Ei0KD2Rpc2NvdW50X2Ftb3VudBgGIAEoCzIULnZvdWNoLnR5cGUudjEuTW9uZXkSFAoMdm91Y2hlcl9jb2RlGAcgASgJEhUKDXJlZGVtcHRpb25faWQYCCABKAkSGgoSb3BlcmF0b3JfcmVmZXJlbmNlGAkgASgJEjEKDWNvbXBsZXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIocBChNHZW5lcmF0aW9uUmVxdWVzdGVkEhkKEWdlbmVyYXRpb25fam9iX2lkGAEgASgJEg8KB2Jvb2tfaWQYAiABKAkSEgoKY29kZV9jb3VudBgDIAEoBRIwCgxyZXF1ZXN0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrIBCg1Db2RlUmVxdWVzdGVkEhcKD2NvZGVfcmVxdWVzdF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhQKDHBob25lX251bWJlchgDIAEoCRIvCgdjaGFubmVsGAQgASgOMh4udm91Y2gudHlwZS52MS5EZWxpdmVyeUNoYW5uZWwSMAoMcmVxdWVzdF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLyAQoMQ29kZVJlY2VpdmVkEhcKD2NvZGVfcmVxdWVzdF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhQKDHBob25lX251bWJlchgDIAEoCRIvCgdjaGFubmVsGAQgASgOMh4udm91Y2gudHlwZS52MS5EZWxpdmVyeUNoYW5uZWwSDAoEY29kZRgFIAEoCRIxCgZzdGF0dXMYBiABKA4yIS52b3VjaC50eXBlLnYxLlByb3ZpZGVyQ29kZVN0YXR1cxIwCgxyZWNlaXZlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wYgZwcm90bzM", [file_google_protobuf_timestamp, file_vouch_type_v1_money, file_vouch_type_v1_provider_code]);
+  fileDesc("Chx2b3VjaC9ldmVudHMvdjEvZXZlbnRzLnByb3RvEg92b3VjaC5ldmVudHMudjEiZAoMVXNlckxvZ2dlZEluEg8KB3VzZXJfaWQYASABKAkSEwoLZmlyc3RfbG9naW4YAiABKAgSLgoKbG9naW5fdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiiQEKDlZvdWNoZXJHcmFudGVkEhAKCGdyYW50X2lkGAEgASgJEhMKC2NhbXBhaWduX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSDwoHYm9va19pZBgEIAEoCRIuCgpncmFudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLGAgoOVG9wVXBDb21wbGV0ZWQSEQoJdG9wX3VwX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSFAoMcGhvbmVfbnVtYmVyGAMgASgJEiQKBmFtb3VudBgEIAEoCzIULnZvdWNoLnR5cGUudjEuTW9uZXkSKQoLYW1vdW50X3BhaWQYBSABKAsyFC52b3VjaC50eXBlLnYxLk1vbmV5Ei0KD2Rpc2NvdW50X2Ftb3VudBgGIAEoCzIULnZvdWNoLnR5cGUudjEuTW9uZXkSFAoMdm91Y2hlcl9jb2RlGAcgASgJEhUKDXJlZGVtcHRpb25faWQYCCABKAkSGgoSb3BlcmF0b3JfcmVmZXJlbmNlGAkgASgJEjEKDWNvbXBsZXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIocBChNHZW5lcmF0aW9uUmVxdWVzdGVkEhkKEWdlbmVyYXRpb25fam9iX2lkGAEgASgJEg8KB2Jvb2tfaWQYAiABKAkSEgoKY29kZV9jb3VudBgDIAEoBRIwCgxyZXF1ZXN0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrIBCg1Db2RlUmVxdWVzdGVkEhcKD2NvZGVfcmVxdWVzdF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhQKDHBob25lX251bWJlchgDIAEoCRIvCgdjaGFubmVsGAQgASgOMh4udm91Y2gudHlwZS52MS5EZWxpdmVyeUNoYW5uZWwSMAoMcmVxdWVzdF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLyAQoMQ29kZVJlY2VpdmVkEhcKD2NvZGVfcmVxdWVzdF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhQKDHBob25lX251bWJlchgDIAEoCRIvCgdjaGFubmVsGAQgASgOMh4udm91Y2gudHlwZS52MS5EZWxpdmVyeUNoYW5uZWwSDAoEY29kZRgFIAEoCRIxCgZzdGF0dXMYBiABKA4yIS52b3VjaC50eXBlLnYxLlByb3ZpZGVyQ29kZVN0YXR1cxIwCgxyZWNlaXZlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wItEBChNQdXJjaGFzZWRDb2RlU3RvcmVkEhcKD2NvZGVfcmVxdWVzdF9pZBgBIAEoCRIZChFwdXJjaGFzZWRfY29kZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhQKDHBob25lX251bWJlchgEIAEoCRIvCgdjaGFubmVsGAUgASgOMh4udm91Y2gudHlwZS52MS5EZWxpdmVyeUNoYW5uZWwSLgoKc3RvcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBiBnByb3RvMw", [file_google_protobuf_timestamp, file_vouch_type_v1_money, file_vouch_type_v1_provider_code]);
 
 /**
  * A user logged in successfully.
@@ -306,8 +306,8 @@ export const CodeRequestedSchema: GenMessage<CodeRequested> = /*@__PURE__*/
  * Subject: `vouch.provider.code_received` (seed 002's `receive-code` topic). Produced by
  * provider once per request, whether the code came inline or by a verified callback.
  * Consumed by voucher, which stores the purchased code for the phone number
- * (idempotently, by code request id), and by provider's delivery, which sends it on the
- * chosen channel.
+ * (idempotently, by code request id) and then announces `purchased_code_stored`; the code
+ * is delivered to the customer only after that, so a delivered code is always on record.
  *
  * @generated from message vouch.events.v1.CodeReceived
  */
@@ -368,4 +368,65 @@ export type CodeReceived = Message<"vouch.events.v1.CodeReceived"> & {
  */
 export const CodeReceivedSchema: GenMessage<CodeReceived> = /*@__PURE__*/
   messageDesc(file_vouch_events_v1_events, 5);
+
+/**
+ * A code bought from the outside provider is stored for its phone number.
+ *
+ * Subject: `vouch.voucher.purchased_code_stored`. Produced by voucher in the transaction
+ * that stores the code (from `provider.code_received` or `StorePurchasedCode`), once per
+ * code request: a repeat of the same code stores and announces nothing. Consumed by
+ * provider's delivery, which only now shows the code on the web or texts it by SMS.
+ *
+ * @generated from message vouch.events.v1.PurchasedCodeStored
+ */
+export type PurchasedCodeStored = Message<"vouch.events.v1.PurchasedCodeStored"> & {
+  /**
+   * The code request the code was bought for.
+   *
+   * @generated from field: string code_request_id = 1;
+   */
+  codeRequestId: string;
+
+  /**
+   * The stored purchased code's id (`VoucherService.GetPurchasedCode`).
+   *
+   * @generated from field: string purchased_code_id = 2;
+   */
+  purchasedCodeId: string;
+
+  /**
+   * The user who asked.
+   *
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * The phone number the code is for, in E.164 form.
+   *
+   * @generated from field: string phone_number = 4;
+   */
+  phoneNumber: string;
+
+  /**
+   * How the code is to be delivered.
+   *
+   * @generated from field: vouch.type.v1.DeliveryChannel channel = 5;
+   */
+  channel: DeliveryChannel;
+
+  /**
+   * When the voucher service stored it.
+   *
+   * @generated from field: google.protobuf.Timestamp store_time = 6;
+   */
+  storeTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message vouch.events.v1.PurchasedCodeStored.
+ * Use `create(PurchasedCodeStoredSchema)` to create a new message.
+ */
+export const PurchasedCodeStoredSchema: GenMessage<PurchasedCodeStored> = /*@__PURE__*/
+  messageDesc(file_vouch_events_v1_events, 6);
 

@@ -68,8 +68,10 @@ export type CodeRequest = Message<"vouch.provider.v1.CodeRequest"> & {
   statusMessage: string;
 
   /**
-   * Output only. The code, once received (SUCCEEDED, LATE_SUCCEEDED, DELIVERED). Empty
-   * before. Shown only to the request's user and admins.
+   * Output only. The code. The request's user sees it once it is DELIVERED (the voucher
+   * service stored it for the phone number first), or FAILED because an SMS could not be
+   * sent (it stays stored for the phone number); admins see it from SUCCEEDED /
+   * LATE_SUCCEEDED on. Empty otherwise, and for anyone else.
    *
    * @generated from field: string code = 7;
    */
@@ -580,15 +582,16 @@ export enum CodeRequestState {
   ACKNOWLEDGED = 2,
 
   /**
-   * The code was received within 30 seconds (inline or by callback) and is being
-   * delivered.
+   * The code was received within 30 seconds (inline or by callback); it is being stored
+   * for the phone number, then delivered.
    *
    * @generated from enum value: CODE_REQUEST_STATE_SUCCEEDED = 3;
    */
   SUCCEEDED = 3,
 
   /**
-   * The code was received by callback after more than 30 seconds and is being delivered.
+   * The code was received by callback after more than 30 seconds; it is being stored,
+   * then delivered.
    *
    * @generated from enum value: CODE_REQUEST_STATE_LATE_SUCCEEDED = 4;
    */
