@@ -3,23 +3,24 @@
 //   npx tsx bench/provider.ts [--requests 1000] [--clients 64] [--replicas 1] [--protocol grpc|connect]
 //   BENCH_CPU_PROF=/tmp/prof npx tsx bench/provider.ts   (also writes a CPU profile of the provider)
 //
-// Starts provider-sim and the provider service as their own processes on spare loopback
-// ports, with a throwaway database and JetStream stream (removed afterwards), and a JWKS
-// served from here so the bench can mint customer tokens. With --replicas N, N provider
+// Starts provider-sim, the provider service and the voucher service (which stores each
+// received code; the provider delivers only after that) as their own processes on spare
+// loopback ports, with a throwaway database and JetStream stream (removed afterwards), and
+// a JWKS served from here so the bench can mint customer tokens. With --replicas N, N provider
 // processes share the database and stream and the clients spread over them. Then two phases:
 //
 // 1. fast provider: `requests` RequestCode calls (every fifth by SMS, the rest WEB) from
 //    `clients` concurrent gRPC clients, against a sim answering every code inline in 1–5 ms.
-//    Prints requests completed end to end per second (RequestCode → provider call → code
-//    stored → `code_received` → delivered; goal ≥ 300/s), end-to-end latency percentiles,
-//    and CPU per request.
+//    Prints requests completed end to end per second (RequestCode → provider call →
+//    `code_received` → stored by voucher → `purchased_code_stored` → delivered; goal
+//    ≥ 300/s), end-to-end latency percentiles, and CPU per request.
 // 2. slow-callback mix: `requests` more against a sim that answers inline, acknowledges and
 //    calls back (in time and late), never calls back, calls back twice, calls back after an
 //    inline code, and fails 2% of calls. Timings are scaled ×0.1 (inline window 300 ms,
 //    breaker timeout 450 ms, late after 3 s) and the request deadline is 8 s, so the phase
 //    takes ~10 s. Checks that every request is in exactly one final state, that each
-//    delivered request has exactly one `code_received` event and the sim's code, and
-//    prints the counts.
+//    delivered request has exactly one `code_received` event and the sim's code, stored
+//    before it was delivered, and prints the counts.
 // Bounded: ~15 s of set-up and phase 1, ~12 s of phase 2.
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -97,6 +98,20 @@ async function main() {
     const simUrl = `http://127.0.0.1:${simPort}`;
     const sim = startProcess("sim", "services/provider-sim/main.ts", { PROVIDER_SIM_PORT: String(simPort), LOG_LEVEL: "warn" });
     children.push(sim);
+    const voucherPort = await freePort();
+    const voucherUrl = `http://127.0.0.1:${voucherPort}`;
+    const voucher = startProcess("voucher", "services/voucher/main.ts", {
+      VOUCHER_PORT: String(voucherPort),
+      DATABASE_URL: db.url,
+      NATS_STREAM: events.stream,
+      NATS_SUBJECT_PREFIX: events.subjectPrefix,
+      REDIS_KEY_PREFIX: `${events.subjectPrefix}:`,
+      JWKS_URL: jwksUrl,
+      JWT_ISSUER: ISSUER,
+      JWT_AUDIENCE: AUDIENCE,
+      LOG_LEVEL: "error",
+    });
+    children.push(voucher);
     const providers: ChildProcess[] = [];
     const providerUrls: string[] = [];
     for (let r = 0; r < REPLICAS; r++) {
@@ -127,7 +142,7 @@ async function main() {
       providers.push(child);
       providerUrls.push(url);
     }
-    await Promise.all([waitHealthy(simUrl, sim), ...providers.map((p, i) => waitHealthy(providerUrls[i], p))]);
+    await Promise.all([waitHealthy(simUrl, sim), waitHealthy(voucherUrl, voucher), ...providers.map((p, i) => waitHealthy(providerUrls[i], p))]);
     const providerCpuSeconds = () => providers.reduce((sum, p) => sum + cpuSeconds(p.pid), 0);
     const configure = async (behaviour: unknown) => {
       const res = await fetch(`${simUrl}/sim/config`, { method: "PUT", body: JSON.stringify(behaviour) });
@@ -164,6 +179,17 @@ async function main() {
       Number((await pool.query("SELECT count(*) AS n FROM provider.code_requests WHERE id = ANY($1) AND state = ANY($2)", [ids, states])).rows[0].n);
     /** All requests in a state (an index-only count, cheap enough to poll while measuring). */
     const countState = async (state: string) => Number((await pool.query("SELECT count(*) AS n FROM provider.code_requests WHERE state = $1", [state])).rows[0].n);
+    /** Delivered requests whose code the voucher service had not stored first (must be 0). */
+    const deliveredUnstored = async (ids: string[]) =>
+      Number(
+        (
+          await pool.query(
+            `SELECT count(*) AS n FROM provider.code_requests r LEFT JOIN voucher.purchased_codes p ON p.code_request_id = r.id
+              WHERE r.id = ANY($1) AND r.state = 'delivered' AND (p.id IS NULL OR p.code <> r.code OR p.created_at > r.delivered_at)`,
+            [ids],
+          )
+        ).rows[0].n,
+      );
     const eventsByRequest = async () => {
       const rows = (await pool.query("SELECT payload FROM provider.outbox WHERE subject = 'provider.code_received'")).rows as { payload: Buffer }[];
       const by = new Map<string, string[]>();
@@ -185,6 +211,7 @@ async function main() {
     const nats0 = cpuSecondsOf(isNats);
     const self0 = process.cpuUsage();
     const cpu0 = providerCpuSeconds() + cpuSeconds(sim.pid);
+    const voucherCpu0 = cpuSeconds(voucher.pid);
     const providerCpu0 = providerCpuSeconds();
     const started = performance.now();
     const fast = await burst("fast", REQUESTS);
@@ -203,6 +230,7 @@ async function main() {
     const totalMs = performance.now() - started;
     const cpu = providerCpuSeconds() + cpuSeconds(sim.pid) - cpu0;
     const providerCpu = providerCpuSeconds() - providerCpu0;
+    const voucherCpu = cpuSeconds(voucher.pid) - voucherCpu0;
     const pgCpu = cpuSecondsOf(isPostgres) - pg0;
     const natsCpu = cpuSecondsOf(isNats) - nats0;
     const benchCpu = (process.cpuUsage(self0).user + process.cpuUsage(self0).system) / 1e6;
@@ -213,15 +241,17 @@ async function main() {
     const fastEvents = await eventsByRequest();
     // Exactly one code_received per delivered request, none for the others.
     const fastOk = fastRows.every((r) => (fastEvents.get(r.id)?.length ?? 0) === (r.state === "delivered" ? 1 : 0));
+    const fastUnstored = await deliveredUnstored(fast.ids);
     console.log(`provider bench: ${REQUESTS} requests, ${CLIENTS} concurrent ${PROTOCOL === "grpc" ? "gRPC (HTTP/2)" : "Connect binary (HTTP/1.1)"} clients, ${REPLICAS} provider process${REPLICAS > 1 ? "es" : ""}, loopback, ${tokens.length} customers' tokens`);
     console.log(`\nphase 1 — fast provider (codes inline in 1–5 ms), 80% WEB / 20% SMS`);
     console.log(`  RequestCode accepted        ${(REQUESTS / (acceptedMs / 1000)).toFixed(0)} /s   (rpc p50 ${pct(fast.rpcMs, 50).toFixed(1)} ms, p99 ${pct(fast.rpcMs, 99).toFixed(1)} ms)`);
     console.log(`  completed end to end        ${(delivered / (totalMs / 1000)).toFixed(0)} /s   (${delivered} of ${REQUESTS} DELIVERED, all final after ${(totalMs / 1000).toFixed(2)} s; goal ≥ 300/s)`);
     console.log(`  request → delivered         p50 ${pct(e2e, 50).toFixed(0)} ms, p99 ${pct(e2e, 99).toFixed(0)} ms`);
     const perRequest = (seconds: number) => ((seconds * 1000) / REQUESTS).toFixed(2);
-    console.log(`  CPU per request             ${perRequest(providerCpu)} ms provider, ${perRequest(pgCpu)} ms Postgres, ${perRequest(natsCpu)} ms NATS, ${perRequest(cpu - providerCpu)} ms sim, ${perRequest(benchCpu)} ms bench clients`);
-    console.log(`                              (${availableParallelism()} cores: ${((providerCpu + pgCpu + natsCpu + cpu - providerCpu + benchCpu) / (totalMs / 1000)).toFixed(2)} cores busy on average; provider RSS ${rssMiB(providers[0].pid).toFixed(0)} MiB)`);
+    console.log(`  CPU per request             ${perRequest(providerCpu)} ms provider, ${perRequest(voucherCpu)} ms voucher, ${perRequest(pgCpu)} ms Postgres, ${perRequest(natsCpu)} ms NATS, ${perRequest(cpu - providerCpu)} ms sim, ${perRequest(benchCpu)} ms bench clients`);
+    console.log(`                              (${availableParallelism()} cores: ${((cpu + voucherCpu + pgCpu + natsCpu + benchCpu) / (totalMs / 1000)).toFixed(2)} cores busy on average; provider RSS ${rssMiB(providers[0].pid).toFixed(0)} MiB)`);
     console.log(`  one code_received each      ${fastOk ? "yes" : "NO"}`);
+    console.log(`  stored before delivered     ${fastUnstored === 0 ? "yes" : `NO — ${fastUnstored} delivered without their code stored first`}`);
 
     // ── Phase 2: slow-callback mix ─────────────────────────────────────────────────────
     await configure({
@@ -262,6 +292,8 @@ async function main() {
     const simRequests = new Map(((await (await fetch(`${simUrl}/sim/requests`)).json()) as { requests: SimRequest[] }).requests.map((r) => [r.requestId, r]));
     const mixEvents = await eventsByRequest();
     const problems: string[] = [];
+    const mixUnstored = await deliveredUnstored(mix.ids);
+    if (mixUnstored) problems.push(`${mixUnstored} delivered without their code stored first`);
     if (rows.length !== REQUESTS) problems.push(`${rows.length} rows for ${REQUESTS} requests`);
     const callbackAnswers = new Map<string, number>();
     for (const r of rows) {
@@ -281,7 +313,7 @@ async function main() {
     for (const [state, n] of [...byState].sort()) console.log(`    ${state.padEnd(28)} ${n}`);
     console.log(`  callbacks answered (HTTP status, outcome):`);
     for (const [k, n] of [...callbackAnswers].sort()) console.log(`    ${k.padEnd(28)} ${n}`);
-    console.log(`  exactly one final state, one code_received and the sim's code per delivered request: ${problems.length ? `NO — ${problems.length} problems:\n    ${problems.slice(0, 10).join("\n    ")}` : "yes"}`);
+    console.log(`  exactly one final state, one code_received and the sim's code per delivered request, stored first: ${problems.length ? `NO — ${problems.length} problems:\n    ${problems.slice(0, 10).join("\n    ")}` : "yes"}`);
     // Rows for `npm run bench`'s table.
     const via = `${REQUESTS} RequestCode, ${CLIENTS} concurrent ${PROTOCOL === "grpc" ? "gRPC h2" : "Connect h1.1"}`;
     const fastRate = delivered / (totalMs / 1000);
@@ -300,6 +332,7 @@ async function main() {
         { goal: "≥ 300 requests/s end to end", value: `${fastRate.toFixed(0)}/s`, met: fastRate >= 300 },
         { goal: "every request delivered", value: `${delivered} of ${REQUESTS}`, met: delivered === REQUESTS },
         { goal: "one code_received per delivered request, none for the others", value: fastOk ? "yes" : "no", met: fastOk },
+        { goal: "every delivered code stored for its phone number first", value: fastUnstored === 0 ? "yes" : `${fastUnstored} not`, met: fastUnstored === 0 },
       ],
     });
     report({
@@ -312,7 +345,7 @@ async function main() {
       errors: problems.length,
       targets: [{ goal: "each request in exactly one final state", value: [...byState].sort().map(([st, n]) => `${st} ${n}`).join(", "), met: problems.length === 0 }],
     });
-    if (problems.length || !fastOk) process.exitCode = 1;
+    if (problems.length || !fastOk || fastUnstored) process.exitCode = 1;
   } finally {
     await Promise.all(children.map((c) => stopProcess(c)));
     jwksServer.close();

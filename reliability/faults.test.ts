@@ -384,23 +384,27 @@ describe("reliability: faults against two replicas of everything", { timeout: 15
     ], h, checks);
   });
 
-  test("a slow consumer: voucher's purchased-code store blocked, it falls behind and catches up, nothing lost or doubled", async () => {
+  test("a slow consumer: voucher's purchased-code store blocked, deliveries wait for it and catch up, nothing lost or doubled", async () => {
     const h = new History();
     const lock = await p.sql.connect();
     let ids: string[] = [];
+    let heldBack = 0;
     try {
       await lock.query("BEGIN");
       await lock.query("LOCK TABLE voucher.purchased_codes IN SHARE ROW EXCLUSIVE MODE");
       const ops = await requestCodes(p, h, { count: scale(40, 200), token: customerToken });
       const recorded = await requestIdsFor(p, ops);
       ids = recorded.ids;
-      // The provider's own delivery does not wait for the voucher service's consumer.
-      await waitFor("web requests delivered while voucher's consumer is blocked", async () => {
-        const r = await p.sql.query("SELECT count(*) FILTER (WHERE state = 'delivered') AS delivered, count(*) AS n FROM provider.code_requests WHERE id = ANY($1)", [ids]);
-        return Number(r.rows[0].delivered) >= Math.floor(ids.length / 2);
+      // The provider has the codes, but delivers none until the voucher service stored it.
+      await waitFor("half the requests to have their code while voucher's consumer is blocked", async () => {
+        const r = await p.sql.query("SELECT count(*) AS n FROM provider.code_requests WHERE id = ANY($1) AND code IS NOT NULL", [ids]);
+        return Number(r.rows[0].n) >= Math.floor(ids.length / 2);
       }, 60_000, 250);
       const waiting = await p.sql.query("SELECT count(*) AS n FROM pg_locks WHERE NOT granted AND relation = 'voucher.purchased_codes'::regclass");
       assert.ok(Number(waiting.rows[0].n) > 0, "the consumer is blocked on the lock");
+      const r = await p.sql.query("SELECT count(*) FILTER (WHERE state = 'delivered') AS delivered, count(*) FILTER (WHERE code IS NOT NULL) AS with_code FROM provider.code_requests WHERE id = ANY($1)", [ids]);
+      assert.equal(Number(r.rows[0].delivered), 0, "nothing delivered before it is stored");
+      heldBack = Number(r.rows[0].with_code);
     } finally {
       await lock.query("COMMIT").catch(() => {});
       lock.release();
@@ -414,7 +418,7 @@ describe("reliability: faults against two replicas of everything", { timeout: 15
     ];
     conclude("slow consumer", [
       `${ids.length} code requests while voucher.purchased_codes was locked (voucher's code_received consumer stuck in its insert on both replicas)`,
-      `provider kept delivering; lock released after half were delivered; all final ${seconds(settleMs)} later`,
+      `${heldBack} codes received and held back, none delivered while locked; lock released, all final ${seconds(settleMs)} later`,
     ], h, checks);
   });
 

@@ -154,6 +154,12 @@ export async function providerInvariants(db: Sql, ids: string[]): Promise<Check[
   checks.push(check("each code bought is stored exactly once, as bought", ok,
     `${codes.with_code} requests with a code, ${codes.stored} stored, ${codes.wrong} differ, ${codes.dup} stored twice`));
 
+  const early = await one<{ n: string; delivered: string }>(db, `
+    SELECT count(*) FILTER (WHERE p.id IS NULL OR p.created_at > r.delivered_at) AS n, count(*) AS delivered
+      FROM provider.code_requests r LEFT JOIN voucher.purchased_codes p ON p.code_request_id = r.id
+     WHERE r.id = ANY($1) AND r.state = 'delivered'`, [ids]);
+  checks.push(check("no code delivered before it was stored", Number(early.n) === 0, `${early.delivered} delivered, ${early.n} of them before their code was stored`));
+
   const events = await rows<{ payload: Buffer }>(db, `SELECT payload FROM provider.outbox WHERE subject = 'provider.code_received'`);
   const perRequest = new Map<string, number>();
   for (const e of events) {
