@@ -260,11 +260,16 @@ describe("validate", () => {
     const own = await assign(bookId, "u-redeem-guesser");
     const guesser = await h.as("u-redeem-guesser");
     const reasons: string[] = [];
+    const started = Date.now();
     for (let i = 0; i < 40; i++) reasons.push((await failure(h.client.redeemVoucher(redeemReq(`GUESS-R-${i}`), guesser))).reason ?? "");
+    // The budget refills one guess per second: on a slow machine a later guess may get one.
+    const refilled = Math.ceil((Date.now() - started) / 1_000);
     const firstLimited = reasons.indexOf("RATE_LIMITED");
-    assert.ok(firstLimited >= 29 && firstLimited <= 32, `misses limited after about the burst of 30 (first at ${firstLimited})`);
-    assert.ok(reasons.slice(0, firstLimited).every((r) => r === "VOUCHER_NOT_FOUND"));
-    assert.ok(reasons.slice(firstLimited).every((r) => r === "RATE_LIMITED"));
+    assert.ok(firstLimited >= 29 && firstLimited <= 32 + refilled, `misses limited after about the burst of 30 (first at ${firstLimited})`);
+    assert.ok(reasons.slice(0, firstLimited).every((r) => r === "VOUCHER_NOT_FOUND"), `misses before the limit: ${reasons.slice(0, firstLimited)}`);
+    const after = reasons.slice(firstLimited);
+    assert.ok(after.every((r) => r === "RATE_LIMITED" || r === "VOUCHER_NOT_FOUND"), `after the limit: ${after}`);
+    assert.ok(after.filter((r) => r === "VOUCHER_NOT_FOUND").length <= refilled, `after the limit only refilled guesses pass: ${after}`);
     assert.ok((await h.client.redeemVoucher(redeemReq(own.code), guesser)).redemption, "a redeem of one's own code is not charged");
   });
 
