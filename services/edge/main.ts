@@ -1,6 +1,7 @@
 // Composition root of the browser edge: config → platform (Redis for rate limits, the token
 // verifier with revocation) → one gRPC transport per service → generic forwarding of every
-// browser-facing rpc → CORS, security headers, JWKS, the console's static build → one listener.
+// browser-facing rpc → CORS, security headers, JWKS, the console's static build → the kit's
+// listener, like every service, with the edge's interceptors and its CORS in front.
 //
 // `startEdge` builds and listens on the configured port (0 in tests); run as a program, this
 // file also stops gracefully on SIGTERM/SIGINT.
@@ -14,7 +15,7 @@ import { ProviderService } from "../../gen/vouch/provider/v1/provider_pb.js";
 import { VoucherService } from "../../gen/vouch/voucher/v1/voucher_pb.js";
 import type { TokenVerifier } from "../kit/auth.js";
 import { loadConfig, type Config } from "../kit/config.js";
-import { startPlatform, type Platform } from "../kit/platform.js";
+import { listen, startPlatform, type Platform } from "../kit/platform.js";
 import { createRateLimiter } from "../kit/ratelimit.js";
 import { createRevocationCheck } from "../kit/revocation.js";
 import type { RunningServer } from "../kit/server.js";
@@ -25,7 +26,7 @@ import { forwardService } from "./forward.js";
 import { jwksRoute } from "./jwks.js";
 import { perIpLimit, perUserLimit } from "./limits.js";
 import { hiddenRpcGuard, refuseServiceTokens } from "./policy.js";
-import { createEdgeServer } from "./server.js";
+import { setSecurityHeaders } from "./security-headers.js";
 import { loadEdgeSettings, type EdgeSettings } from "./settings.js";
 import { createEdgeVerifier } from "./verifier.js";
 
@@ -62,10 +63,8 @@ export async function startEdge(config: Config, settings: EdgeSettings, opts: { 
     const afterAuth = [refuseServiceTokens()];
     if (settings.perUserLimit) afterAuth.push(perUserLimit(limiter("edge-user", settings.perUserLimit)));
 
-    const server = await createEdgeServer({
-      config,
-      log,
-      metrics,
+    const cors = createCorsPolicy(settings.corsOrigins);
+    const server = await listen(platform, {
       services: FRONTED.map(([service]) => service),
       routes: (router) => {
         for (const [service, peer] of FRONTED) {
@@ -74,17 +73,22 @@ export async function startEdge(config: Config, settings: EdgeSettings, opts: { 
           forwardService(router, service, transport, { defaultTimeoutMs: settings.defaultTimeoutMs });
         }
       },
-      readiness: platform.readiness,
       verifier,
-      cors: createCorsPolicy(settings.corsOrigins),
+      // Security headers on every answer; CORS before anything else (preflights end here).
+      wrapHandler: (next) => (req, res) => {
+        setSecurityHeaders(res);
+        const outcome = cors.apply(req, res);
+        if (outcome === "answered" || outcome === "refused") return;
+        next(req, res);
+      },
       httpRoutes: [
         jwksRoute({ authUrl: config.peers.auth, cacheMs: settings.jwksCacheMs, log }),
         consoleRoute(settings.staticDir),
       ],
       beforeAuth,
-      afterAuth,
+      interceptors: afterAuth,
       trustForwardedFor: settings.trustForwardedFor,
-    }).listen();
+    });
     return {
       platform,
       server,

@@ -22,6 +22,7 @@ import { clientIpKey } from "./context.js";
 type NodeHandlerArgs = Parameters<NonNullable<ConnectNodeAdapterOptions["fallback"]>>;
 export type NodeRequest = NodeHandlerArgs[0];
 export type NodeResponse = NodeHandlerArgs[1];
+export type NodeHandler = (req: NodeRequest, res: NodeResponse) => void;
 
 /** Writes a whole plain-HTTP response. */
 export function sendHttp(res: NodeResponse, status: number, contentType: string, body: string | Uint8Array, headers: Record<string, string> = {}) {
@@ -49,8 +50,16 @@ export interface ServiceServerOptions {
   /** Verifies access tokens; every service has one so the contract's access policy holds. */
   verifier: TokenVerifier;
   httpRoutes?: HttpRoute[];
+  /** Interceptors run before the token is verified: cheap refusals (hidden rpcs, per-address limits). */
+  beforeAuth?: Interceptor[];
   /** Extra interceptors, innermost, after authentication. */
   interceptors?: Interceptor[];
+  /**
+   * Sees every request before the rpc router and the plain routes, and may answer it
+   * itself: the edge's security headers and CORS (a preflight must never reach the
+   * router, which would answer it 404).
+   */
+  wrapHandler?: (next: NodeHandler) => NodeHandler;
   /** Trust `x-forwarded-for` for the client IP (only behind our own edge); default `config.trustForwardedFor` (TRUST_FORWARDED_FOR). */
   trustForwardedFor?: boolean;
   /** Largest request message accepted; larger ones get RESOURCE_EXHAUSTED. */
@@ -68,6 +77,7 @@ export interface RunningServer {
 
 const HTTP2_PREFACE_START = "PRI";
 
+/** The address of the person calling: the socket peer, or the first x-forwarded-for entry when a proxy of ours sets it. */
 function clientIp(req: NodeRequest, trustForwardedFor: boolean): string {
   if (trustForwardedFor) {
     const forwarded = req.headers["x-forwarded-for"];
@@ -113,7 +123,7 @@ export function createServiceServer(opts: ServiceServerOptions) {
   ];
   const httpRoutes = [...builtinRoutes, ...(opts.httpRoutes ?? [])];
 
-  const handler = connectNodeAdapter({
+  const rpcs = connectNodeAdapter({
     routes: (router) => {
       health.routes(router);
       reflectionRoutes([...opts.services, Health])(router);
@@ -121,6 +131,7 @@ export function createServiceServer(opts: ServiceServerOptions) {
     },
     interceptors: [
       observeInterceptor({ domain, log, metrics }),
+      ...(opts.beforeAuth ?? []),
       authInterceptor(opts.verifier),
       inputGuardInterceptor(),
       ...(opts.interceptors ?? []),
@@ -143,6 +154,7 @@ export function createServiceServer(opts: ServiceServerOptions) {
     },
   });
 
+  const handler = opts.wrapHandler ? opts.wrapHandler(rpcs) : rpcs;
   const h1 = http.createServer(handler);
   // In-flight HTTP/1.1 requests: shutdown waits for them, idle keep-alive sockets it just closes.
   let h1InFlight = 0;
