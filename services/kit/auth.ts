@@ -95,10 +95,19 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
   };
 }
 
+// Reading an option decodes it from the descriptor's options each time (a few µs, on every
+// rpc, twice at the edge); descriptors never change, so each method's answer is kept.
+const declaredAccess = new WeakMap<DescMethod, Access>();
+
 /** The access policy an rpc declares; undeclared means "authenticated", the safe default. */
 export function accessOf(method: DescMethod): Access {
-  const declared = getOption(method, access);
-  return declared === Access.UNSPECIFIED ? Access.AUTHENTICATED : declared;
+  let policy = declaredAccess.get(method);
+  if (policy === undefined) {
+    const declared = getOption(method, access);
+    policy = declared === Access.UNSPECIFIED ? Access.AUTHENTICATED : declared;
+    declaredAccess.set(method, policy);
+  }
+  return policy;
 }
 
 /** The caller a bearer token stands for; throws UNAUTHENTICATED for a malformed header or a bad token. */
