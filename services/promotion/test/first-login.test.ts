@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { sql } from "kysely";
+import { hashPassword } from "../../auth/passwords.js";
 import { newId } from "../../kit/ids.js";
 import { startHarness, waitFor, type Harness } from "./harness.js";
 
@@ -50,6 +51,44 @@ async function codesOf(voucherIds: string[]) {
 }
 
 describe("first-login grants", () => {
+  test("1,000 new users log in for the first time at once through auth against a quota of 100: every login succeeds, exactly 100 get a voucher", async () => {
+    const campaign = await h.activeCampaign({ quota: 100 });
+    // Users straight into auth's table with one hash: registering 1,000 through the rpc
+    // would cost a hash each; their logins below are real Login rpcs (argon2id and all).
+    const password = "a thousand first logins";
+    const hash = await hashPassword(password);
+    const stamp = Date.now().toString(36);
+    const names = Array.from({ length: 1_000 }, (_, i) => `crowd${stamp}u${i}`);
+    const ids = names.map(() => newId());
+    const phones = names.map((_, i) => `+8491${String(Date.now() % 1_000 * 1_000 + i).padStart(7, "0")}`);
+    await sql`INSERT INTO users (id, full_name, username, username_key, email, phone_number, password_hash)
+      SELECT id, 'Crowd User', u, u, u || '@example.com', p, ${hash} FROM unnest(${ids}::text[], ${names}::text[], ${phones}::text[]) AS t(id, u, p)`.execute(h.auth.platform.db);
+
+    const handled = async () => (await sql<{ n: number }>`SELECT count(*)::int AS n FROM inbox WHERE consumer = 'promotion-first-login'`.execute(db())).rows[0].n;
+    const handledBefore = await handled();
+
+    const outcomes = await Promise.allSettled(names.map((identifier) => h.authClient.login({ identifier, password })));
+    const failed = outcomes.filter((o) => o.status === "rejected");
+    assert.deepEqual(failed.map((f) => String((f as PromiseRejectedResult).reason)).slice(0, 3), [], `${failed.length} logins failed`);
+    const logins = outcomes.map((o) => (o as PromiseFulfilledResult<Awaited<ReturnType<typeof h.authClient.login>>>).value);
+    assert.ok(logins.every((l) => l.firstLogin && l.accessToken), "every one is a first login with its tokens");
+
+    const done = await allIssued(campaign.id, 100);
+    assert.equal(done.granted, 100);
+    const winners = new Set(done.rows.map((r) => r.user_id));
+    assert.equal(winners.size, 100);
+    assert.ok([...winners].every((u) => ids.includes(u)), "every grant to one of the 1,000");
+    const voucherIds = done.rows.map((r) => r.voucher_id!);
+    assert.equal(new Set(await codesOf(voucherIds)).size, 100, "100 distinct codes");
+    // Every login event handled, none parked; the 900 others hold no grant.
+    await waitFor("all 1,000 first-login events handled", async () => (await handled()) - handledBefore >= 1_000, 60_000, 200);
+    assert.deepEqual(await db().selectFrom("dead_letters").selectAll().execute(), []);
+    const loser = logins.find((l) => !winners.has(l.user!.id))!;
+    const theirs = await h.client.listMyPromotions({}, { headers: { authorization: `Bearer ${loser.accessToken}` } });
+    assert.equal(theirs.grants.length, 0, "a login after the 100th gets no voucher");
+    assert.equal((await grantCounts(campaign.id)).granted, 100);
+  });
+
   test("exactly 100 grants under 1,000 concurrent first logins across two promotion instances", async () => {
     const campaign = await h.activeCampaign({ quota: 100 });
     const second = await h.replica();
