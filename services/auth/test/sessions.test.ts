@@ -127,6 +127,12 @@ describe("auth: sessions", () => {
       await expectError(peer.client.listMyVouchers({}, as({ token: old })), Code.Unauthenticated, "TOKEN_REVOKED");
     }
     assert.equal(peer.handled(), handledBefore, "refused before the handler ran");
+    // A retry of the change (its response lost) is refused the same way, as the contract says.
+    await expectError(
+      h.client.changePassword({ currentPassword: s.password, newPassword: "a brand new passphrase" }, as({ ip: freshIp(), token: s.accessToken })),
+      Code.Unauthenticated,
+      "TOKEN_REVOKED",
+    );
     for (const oldRefresh of [s.refreshToken, secondDevice.refreshToken]) {
       await expectError(refresh(oldRefresh), Code.Unauthenticated, "REFRESH_TOKEN_INVALID");
     }

@@ -1387,6 +1387,10 @@ export const AuthService: GenService<{
    * issued before the change are refused by every service (TOKEN_REVOKED). Returns a
    * fresh session so the client that changed the password stays signed in.
    *
+   * Not retryable: once the change is made the caller's token is revoked, so a retry after a
+   * lost response fails with UNAUTHENTICATED (TOKEN_REVOKED); the client then logs in with
+   * the new password (or, if the change never happened, with the old one).
+   *
    * Errors: INVALID_ARGUMENT (CURRENT_PASSWORD_INCORRECT when `current_password` is
    * wrong; INVALID_ARGUMENT when the new password breaks a rule), RESOURCE_EXHAUSTED
    * (LOGIN_THROTTLED: wrong current passwords count as failed logins).
