@@ -238,6 +238,19 @@ describe("validate", () => {
     assert.equal(rows[0].n, "0");
   });
 
+  test("says ALREADY_REDEEMED for a spent code, and USER_LIMIT_REACHED for the user's other code once the book's per-user redemptions are used", async () => {
+    const { bookId } = await book(2, { maxRedemptionsPerUser: 1 });
+    const spent = await assign(bookId, "u-val-limit");
+    const other = await assign(bookId, "u-val-limit");
+    const auth = await h.as("u-val-limit");
+    assert.equal((await h.client.validateVoucher({ code: other.code }, auth)).valid, true, "valid before the first redemption");
+    await h.client.redeemVoucher(redeemReq(spent.code), auth);
+    assert.equal((await h.client.validateVoucher({ code: spent.code }, auth)).reason, InvalidVoucherReason.ALREADY_REDEEMED);
+    assert.equal((await h.client.validateVoucher({ code: other.code }, auth)).reason, InvalidVoucherReason.USER_LIMIT_REACHED);
+    const f = await failure(h.client.redeemVoucher(redeemReq(other.code), auth));
+    assert.deepEqual([f.code, f.reason], ["FailedPrecondition", "REDEMPTIONS_PER_USER_LIMIT_REACHED"], "redeem fails with the reason validate named");
+  });
+
   test("is rate-limited per user (RESOURCE_EXHAUSTED with RetryInfo) so codes cannot be guessed", async () => {
     const guesser = await h.as("u-guesser");
     let limited;
