@@ -185,4 +185,30 @@ describe("auth: tokens and keys", () => {
     const replica = h.replicas[1];
     assert.equal((await replica.client.getMe({}, as({ token }))).user?.username, "root", "the second replica reloaded its key ring");
   });
+
+  test("a retired key leaves the JWKS, and what it signed is refused by auth and by a service that fetches the keys afresh", async () => {
+    // A token of the key signing now, never presented yet (a verified token is remembered until
+    // it expires, which in real life comes before its key retires); then rotate and move that
+    // key's retirement (normally 15 min + after the last token it signed expired) to now.
+    const root = () => h.client.login({ identifier: "root", password: "root passphrase for tests" }, as({ ip: freshIp() }));
+    const unseen = (await root()).accessToken;
+    const oldKid = decodeProtectedHeader(unseen).kid!;
+    const { previousKey } = await h.client.rotateSigningKey({}, as({ token: (await root()).accessToken }));
+    assert.equal(previousKey?.kid, oldKid);
+    await h.auth.platform.db.updateTable("signing_keys").set({ retire_at: new Date(Date.now() - 1_000) }).where("kid", "=", oldKid).execute();
+    await h.auth.keys.reload();
+
+    const { keys } = await h.client.getJwks({});
+    assert.ok(keys.length >= 2 && !keys.some((k) => k.kid === oldKid), "the retired key is gone from the JWKS");
+    await expectError(h.client.getMe({}, as({ token: unseen })), Code.Unauthenticated, "TOKEN_INVALID");
+    const fresh = await startPeerService(h);
+    try {
+      await expectError(fresh.client.listMyVouchers({}, as({ token: unseen })), Code.Unauthenticated, "TOKEN_INVALID");
+      assert.equal(fresh.handled(), 0, "refused before the handler ran");
+    } finally {
+      await fresh.close();
+    }
+    const { signingKeys } = await h.client.listSigningKeys({}, as({ token: (await root()).accessToken }));
+    assert.equal(signingKeys.find((k) => k.kid === oldKid)?.state, SigningKeyState.RETIRED, "still listed for operators, as retired");
+  });
 });
