@@ -73,6 +73,13 @@ test("npm start brings up all five processes, each alive, ready and SERVING", as
   }
 });
 
+test("the edge serves the admin console at /", async () => {
+  const res = await fetch(`http://127.0.0.1:${ports.edge}/`);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type") ?? "", /^text\/html/);
+  assert.match(await res.text(), /<div id="root">/);
+});
+
 test("each service lists its own contract by reflection (buf curl --list-services)", async () => {
   const expected: Record<string, string> = {
     auth: "vouch.auth.v1.AuthService",

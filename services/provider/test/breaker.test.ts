@@ -95,8 +95,19 @@ test("a stalling provider times out, opens the breaker, and is called again once
   await h.sim.configure({ default: { ...HEALTHY, stallRate: 1 } });
   const ids = await requestCodes(4, "stall");
   await waitFor("the breaker to open on timeouts", () => breakerIs("open"), 10_000, 20);
+  const openedAt = Date.now();
   const metrics = await h.metrics();
   assert.ok((metricValue(metrics, "vouch_provider_calls_total", { outcome: "timeout" }) ?? 0) >= 3, "the stalls counted as timeouts");
+  const shortCircuitedBefore = metricValue(metrics, "vouch_provider_calls_total", { outcome: "short_circuited" }) ?? 0;
+
+  // While open the redelivered requests fail fast, and only a probe per reset period (each
+  // stalling in turn until its 1 s timeout) reaches the provider.
+  await new Promise((r) => setTimeout(r, 3 * RESET_MS + 200));
+  const shortCircuited = metricValue(await h.metrics(), "vouch_provider_calls_total", { outcome: "short_circuited" }) ?? 0;
+  assert.ok(shortCircuited > shortCircuitedBefore, `calls failed fast while open: ${shortCircuitedBefore} → ${shortCircuited}`);
+  const probes = (await h.sim.calls()).map((c) => Date.parse(c.at)).filter((t) => t > openedAt);
+  assert.ok(probes.length >= 1 && probes.length <= 3, `probes during ${3 * RESET_MS} ms open: ${probes.length}`);
+  for (let i = 1; i < probes.length; i++) assert.ok(probes[i] - probes[i - 1] >= RESET_MS - 100, `probes ${probes[i] - probes[i - 1]} ms apart`);
   for (const id of ids) {
     const row = await h.row(id);
     assert.equal(row.state, "pending");
