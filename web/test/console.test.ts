@@ -3,6 +3,7 @@
 // separate processes on real Postgres, Redis and NATS. An admin logs in, creates a book of
 // 1,000 codes and watches generation reach 100%, opens a QR code, creates a first-login
 // campaign; a customer registers, logs in for the first time and sees the 30% voucher; a
+// admin rolls a customer's redemption back with a reason and makes them an admin; a
 // refresh failing offline or rate limited keeps the session, a refused one ends it.
 // Screenshots of each page go to test-artifacts/console/.
 import { after, before, test } from "node:test";
@@ -11,7 +12,12 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { randomInt } from "node:crypto";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { decodeJwt } from "jose";
 import { chromium, type Browser, type Page } from "playwright-core";
+import { AuthService } from "../../gen/vouch/auth/v1/auth_pb.js";
+import { VoucherService } from "../../gen/vouch/voucher/v1/voucher_pb.js";
 import { ADMIN, startTestPlatform, type TestPlatform } from "../../services/edge/test/platform.js";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -199,6 +205,66 @@ test("a customer registers, logs in for the first time, sees the 30% voucher app
     await shot(page, "14-provider-code");
   } finally {
     await context.close();
+  }
+});
+
+test("an admin rolls back a customer's redemption with a reason and makes the customer an admin", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missing` }, async () => {
+  assert.ok(campaignActive, "the admin test created the campaign");
+  // The customer, through the edge as a browser would: registers, logs in for the first time
+  // (the campaign grants the 30% voucher) and redeems it on an order.
+  const transport = createConnectTransport({ baseUrl: edgeUrl });
+  const auth = createClient(AuthService, transport);
+  const vouchers = createClient(VoucherService, transport);
+  const n = randomInt(1_000_000_000);
+  const person = { fullName: "Rollback Customer", username: `rollback${n}`, email: `rollback${n}@example.com`, phoneNumber: `+8491${String(randomInt(10_000_000)).padStart(7, "0")}`, password: "amber-heron-lakes-17" };
+  await auth.register(person);
+  const login = () => auth.login({ identifier: person.username, password: person.password });
+  const bearer = { headers: { authorization: `Bearer ${(await login()).accessToken}` } };
+  let code = "";
+  for (const deadline = Date.now() + 30_000; !code; await new Promise((r) => setTimeout(r, 200))) {
+    assert.ok(Date.now() < deadline, "the first-login voucher did not arrive");
+    code = (await vouchers.listMyVouchers({}, bearer)).vouchers[0]?.code ?? "";
+  }
+  const order = { minorUnits: 100_000n, currencyCode: "VND" }; // the campaign's voucher caps its discount in VND
+  const orderReference = `browser-order-${n}`;
+  await vouchers.redeemVoucher({ code, orderReference, orderAmount: order, requestId: crypto.randomUUID() }, bearer);
+  assert.equal((await vouchers.validateVoucher({ code, orderAmount: order }, bearer)).valid, false, "spent");
+
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems: string[] = [];
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  try {
+    await page.goto(`${edgeUrl}/login`);
+    await page.getByLabel("Username, email or phone number").fill(ADMIN.username);
+    await page.getByLabel("Password").fill(ADMIN.password);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+
+    await page.getByRole("link", { name: "Redemptions", exact: true }).click();
+    await page.getByLabel("Code", { exact: true }).fill(code.toLowerCase());
+    await page.getByRole("button", { name: "Search" }).click();
+    const row = page.getByRole("row").filter({ hasText: orderReference });
+    await row.getByRole("button", { name: "Roll back" }).click();
+    const dialog = page.getByRole("dialog");
+    await dialog.getByLabel("Reason").fill("order cancelled by the shop");
+    await shot(page, "15-rollback-dialog");
+    await dialog.getByRole("button", { name: "Roll back" }).click();
+    await row.filter({ hasText: "Rolled back (order cancelled by the shop)" }).waitFor();
+    await shot(page, "16-rolled-back");
+    assert.equal((await vouchers.validateVoucher({ code, orderAmount: order }, bearer)).valid, true, "the use came back");
+
+    await page.getByRole("link", { name: "Users", exact: true }).click();
+    await page.getByLabel("Search (name, username, email or phone)").fill(person.username);
+    await page.getByRole("button", { name: "Search" }).click();
+    const user = page.getByRole("row").filter({ hasText: person.username });
+    page.once("dialog", (d) => void d.accept()); // "Make … an administrator?"
+    await user.getByRole("button", { name: "Grant admin" }).click();
+    await user.filter({ hasText: "ADMIN" }).waitFor();
+    await shot(page, "17-granted-admin");
+    assert.deepEqual((decodeJwt((await login()).accessToken).roles as string[]).sort(), ["ADMIN", "CUSTOMER"], "the next login carries the role");
+    assert.deepEqual(problems, []);
+  } finally {
+    await page.close();
   }
 });
 
