@@ -16,7 +16,8 @@ let admin: { headers: { authorization: string } };
 let serial = 0;
 
 before(async () => {
-  h = await startHarness("redeem", { validateBurst: 30, validateRatePerMinute: 60 });
+  // Book stats uncached here: the tests read them right after each change.
+  h = await startHarness("redeem", { validateBurst: 30, validateRatePerMinute: 60, statsCacheMs: 0 });
   admin = await h.admin();
 });
 after(() => h?.close());
@@ -284,6 +285,29 @@ describe("validate", () => {
     assert.ok(after.every((r) => r === "RATE_LIMITED" || r === "VOUCHER_NOT_FOUND"), `after the limit: ${after}`);
     assert.ok(after.filter((r) => r === "VOUCHER_NOT_FOUND").length <= refilled, `after the limit only refilled guesses pass: ${after}`);
     assert.ok((await h.client.redeemVoucher(redeemReq(own.code), guesser)).redemption, "a redeem of one's own code is not charged");
+  });
+
+  test("ListMyVouchers filters and GetBookStats counts follow each voucher through assigned, reserved, redeemed and rolled back", async () => {
+    const { bookId } = await book(5);
+    const [kept, held, used] = [await assign(bookId, "u-states"), await assign(bookId, "u-states"), await assign(bookId, "u-states")];
+    const auth = await h.as("u-states");
+    await h.client.reserveVoucher({ code: held.code, requestId: randomUUID() }, auth);
+    const { redemption } = await h.client.redeemVoucher(redeemReq(used.code), auth);
+    const mine = async (state: VoucherState) => (await h.client.listMyVouchers({ state }, auth)).vouchers.map((v) => v.code);
+    assert.deepEqual(await mine(VoucherState.ASSIGNED), [kept.code]);
+    assert.deepEqual(await mine(VoucherState.RESERVED), [held.code]);
+    assert.deepEqual(await mine(VoucherState.REDEEMED), [used.code]);
+    assert.deepEqual((await mine(VoucherState.UNSPECIFIED)).sort(), [kept.code, held.code, used.code].sort());
+    const counts = async () => {
+      const s = (await h.client.getBookStats({ bookId }, admin)).stats!;
+      return { total: s.totalCount, imported: s.importedCount, free: s.freeCount, assigned: s.assignedCount, reserved: s.reservedCount, redeemed: s.redeemedCount, redemptions: s.redemptionCount, rolledBack: s.rolledBackCount };
+    };
+    assert.deepEqual(await counts(), { total: 5n, imported: 5n, free: 2n, assigned: 1n, reserved: 1n, redeemed: 1n, redemptions: 1n, rolledBack: 0n });
+
+    await h.client.rollbackRedemption({ redemptionId: redemption!.id, reason: "refund", requestId: randomUUID() }, admin);
+    assert.deepEqual(await mine(VoucherState.REDEEMED), []);
+    assert.deepEqual((await mine(VoucherState.ASSIGNED)).sort(), [kept.code, used.code].sort());
+    assert.deepEqual(await counts(), { total: 5n, imported: 5n, free: 2n, assigned: 2n, reserved: 1n, redeemed: 0n, redemptions: 0n, rolledBack: 1n });
   });
 
   test("codes past their book's end are expired for every rpc", async () => {
