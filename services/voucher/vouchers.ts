@@ -42,6 +42,12 @@ const PICK_RANGE = 2_147_483_647;
 const QR_CACHE_SIZE = 2_000;
 /** Redis key of a code's live lease, to refuse obvious contention before Postgres. */
 const leaseKey = (code: string) => `voucher:lease:${code}`;
+/**
+ * How long a lease marker lives at most, whatever the lease's own TTL (up to 24 h). A marker
+ * left behind (its DEL lost in a Redis blip, the lease ended another way) refuses reserves
+ * wrongly until it expires; a burst of contention is over in seconds, so a few suffice.
+ */
+export const LEASE_MARKER_MAX_MS = 5_000;
 const hashToken = (token: string) => createHash("sha256").update(token).digest();
 
 const iso = (d: Date | null | undefined) => (d ? d.toISOString() : "");
@@ -240,7 +246,7 @@ export class Vouchers {
   }
 
   private async markLeased(code: string, r: ReservationRow, requestId: string): Promise<void> {
-    const ttl = r.expiresAt.getTime() - Date.now();
+    const ttl = Math.min(r.expiresAt.getTime() - Date.now(), LEASE_MARKER_MAX_MS);
     if (ttl <= 0) return;
     await this.deps.redis
       .set(leaseKey(code), JSON.stringify({ requestId, expireTime: r.expiresAt.toISOString() }), "PX", Math.ceil(ttl))

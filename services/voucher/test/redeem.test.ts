@@ -9,7 +9,8 @@ import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { sql } from "kysely";
 import { RetryInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { InvalidVoucherReason, RedeemVoucherResponseSchema, VoucherState } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
-import { bookInput, failure, startHarness, usd, type Harness } from "./harness.js";
+import { LEASE_MARKER_MAX_MS } from "../vouchers.js";
+import { bookInput, failure, startHarness, usd, waitFor, type Harness } from "./harness.js";
 
 let h: Harness;
 let admin: { headers: { authorization: string } };
@@ -124,6 +125,23 @@ describe("reserve", () => {
     assert.equal(done.redemption?.code, v.code);
     const { rows } = await sql<{ used_at: Date | null }>`SELECT used_at FROM reservations WHERE code_id = ${v.id}`.execute(h.voucher.platform.db);
     assert.ok(rows[0].used_at, "the reservation is marked used");
+  });
+
+  test("Redis only sheds: a lease marker left behind refuses reserves for at most a few seconds, then Postgres decides", async () => {
+    const { bookId } = await book(1);
+    const v = await assign(bookId, "u-marker");
+    const auth = await h.as("u-marker");
+    await h.client.reserveVoucher({ code: v.code, ttl: durationFromMs(3_600_000), requestId: randomUUID() }, auth);
+    const redis = h.voucher.platform.redis; // its key prefix is the harness's
+    const key = `voucher:lease:${v.code}`;
+    const ttl = await redis.pttl(key);
+    assert.ok(ttl > 0 && ttl <= LEASE_MARKER_MAX_MS, `the marker of an hour-long lease lives ${ttl} ms`);
+    // The lease ends without the marker being cleared (as when the DEL is lost).
+    await sql`UPDATE codes SET lease_expires_at = NULL WHERE id = ${v.id}`.execute(h.voucher.platform.db);
+    assert.equal((await failure(h.client.reserveVoucher({ code: v.code, requestId: randomUUID() }, auth))).reason, "VOUCHER_RESERVED", "shed while the marker lives");
+    await waitFor("the marker to expire", async () => (await redis.exists(key)) === 0, LEASE_MARKER_MAX_MS + 2_000);
+    const { reservation } = await h.client.reserveVoucher({ code: v.code, requestId: randomUUID() }, auth);
+    assert.equal(reservation?.fencingToken, 2n, "Postgres granted the next lease");
   });
 
   test("releasing a reservation frees the voucher; releasing again or an unknown token changes nothing", async () => {
