@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { sql, type Kysely, type Migration } from "kysely";
 import pg from "pg";
-import { createDb, ensureDatabase, withDatabase } from "../db.js";
+import { createDb, ensureDatabase, prepared, withDatabase } from "../db.js";
 import { newId } from "../ids.js";
 import { createLogger } from "../log.js";
 import { runMigrations } from "../migrate.js";
@@ -64,6 +64,21 @@ describe("db and migrations", () => {
     await a.insertInto("things").values({ name: "from a" }).execute();
     assert.deepEqual(await b.selectFrom("things").selectAll().execute(), []);
     assert.deepEqual(await a.selectFrom("svc_a.things").select("name").execute(), [{ name: "from a" }]);
+  });
+
+  test("a statement marked prepared is parsed once per connection and reused; unmarked statements are not kept", async () => {
+    const db = open("kit_prepared");
+    await db.connection().execute(async (conn) => {
+      for (let i = 0; i < 3; i++) {
+        const { rows } = await prepared(sql<{ n: number }>`SELECT ${i}::int + 1 AS n`).execute(conn);
+        assert.equal(rows[0].n, i + 1, "each call gets its own values");
+      }
+      await sql`SELECT ${1}::int AS unmarked`.execute(conn);
+      const { rows } = await sql<{ statement: string; from_sql: boolean }>`SELECT statement, from_sql FROM pg_prepared_statements`.execute(conn);
+      assert.equal(rows.length, 1, `one statement kept: ${rows.map((r) => r.statement).join(" | ")}`);
+      assert.match(rows[0].statement, /vouch:prepared/);
+      assert.equal(rows[0].from_sql, false, "prepared by the protocol, not by a PREPARE");
+    });
   });
 
   test("createDb rejects a schema name that is not a plain identifier", () => {
