@@ -25,9 +25,24 @@ import { hashPassword, verifyPassword } from "../services/auth/passwords.js";
 import { CodeDrawer, parsePattern } from "../services/voucher/domain/pattern.js";
 import { voucherMigrations } from "../services/voucher/store/schema.js";
 import { newIds } from "../services/voucher/store/ids.js";
-import { benchEnvironment, connectJsonCaller, load, options, report, row, sampleRss, type BenchEnvironment, type BenchRow } from "./lib/harness.js";
+import { benchEnvironment, connectJsonCaller, load, options, report, row, sampleRss, type BenchEnvironment, type BenchRow, type LoadResult } from "./lib/harness.js";
 
 const log = createLogger("bench-ceilings", "silent");
+
+/**
+ * The empty rpc's server (`bench/empty-server.ts`, its own process) and a gRPC load against
+ * it that can be run more than once: bench/voucher.ts runs it right before and right after
+ * validate, so that ratio does not carry the drift of the minutes between them.
+ */
+export async function emptyGrpcLoad(env: BenchEnvironment, concurrency: number): Promise<{ pid: number; run(seconds: number): Promise<LoadResult> }> {
+  const server = await env.start("bench/empty-server.ts");
+  const auth = await env.auth("bench-customer");
+  const client = createClient(VoucherService, createGrpcTransport({ baseUrl: server.url }));
+  await load({ concurrency, seconds: 1 }, () => client.validateVoucher(EMPTY_REQUEST, auth));
+  return { pid: server.child.pid!, run: (seconds) => load({ concurrency, seconds }, () => client.validateVoucher(EMPTY_REQUEST, auth)) };
+}
+
+const EMPTY_REQUEST = { code: "BENCH-000001", orderAmount: { minorUnits: 10_000n, currencyCode: "USD" } };
 
 /**
  * An authenticated rpc (ValidateVoucher, a customer's token) whose handler returns at once, on
@@ -35,19 +50,18 @@ const log = createLogger("bench-ceilings", "silent");
  * socket per loop).
  */
 export async function emptyRpc(env: BenchEnvironment, protocol: "grpc" | "connect", concurrency: number, seconds: number): Promise<BenchRow> {
-  const server = await env.start("bench/empty-server.ts");
-  const auth = await env.auth("bench-customer");
-  const request = { code: "BENCH-000001", orderAmount: { minorUnits: 10_000n, currencyCode: "USD" } };
-  const rss = sampleRss([server.child.pid]);
   if (protocol === "grpc") {
-    const client = createClient(VoucherService, createGrpcTransport({ baseUrl: server.url }));
-    await load({ concurrency, seconds: 1 }, () => client.validateVoucher(request, auth));
-    const r = await load({ concurrency, seconds }, () => client.validateVoucher(request, auth));
+    const empty = await emptyGrpcLoad(env, concurrency);
+    const rss = sampleRss([empty.pid]);
+    const r = await empty.run(seconds);
     return row("ceiling.empty-rpc.grpc", "ceiling: empty rpc", `gRPC h2, ${concurrency} concurrent`, r, { unit: "calls/s", rssMiB: rss.stop() });
   }
+  const server = await env.start("bench/empty-server.ts");
+  const auth = await env.auth("bench-customer");
+  const rss = sampleRss([server.child.pid]);
   const caller = connectJsonCaller(server.url, concurrency);
   const procedure = "vouch.voucher.v1.VoucherService/ValidateVoucher";
-  const body = { code: request.code, orderAmount: { minorUnits: "10000", currencyCode: "USD" } };
+  const body = { code: EMPTY_REQUEST.code, orderAmount: { minorUnits: "10000", currencyCode: "USD" } };
   try {
     await load({ concurrency, seconds: 1 }, () => caller.call(procedure, body, auth.headers));
     const r = await load({ concurrency, seconds }, () => caller.call(procedure, body, auth.headers));

@@ -3,7 +3,8 @@
 // (bench/ceilings.ts):
 //
 //   validate    ValidateVoucher at 64 concurrent gRPC clients (each its own user and code)
-//               ÷ the empty authenticated rpc on the same runtime (goal ≥ 0.5);
+//               ÷ the empty authenticated rpc on the same runtime, measured half right
+//               before and half right after validate (goal ≥ 0.5);
 //   redeem      RedeemVoucher at 32 concurrent clients (each its own user and multi-use codes,
 //               a fresh request_id per call) ÷ Postgres' raw autocommitted conditional
 //               UPDATE at 32 connections (goal ≥ 0.4);
@@ -22,7 +23,8 @@ import { randomUUID } from "node:crypto";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { GenerationJobState, VoucherService } from "../gen/vouch/voucher/v1/voucher_pb.js";
-import { benchEnvironment, load, options, report, row, sampleRss } from "./lib/harness.js";
+import { emptyGrpcLoad } from "./ceilings.js";
+import { benchEnvironment, cpuMeter, isPostgres, isRedis, load, mergeLoads, options, report, row, sampleRss } from "./lib/harness.js";
 
 const SECONDS = options.seconds(8);
 const VALIDATE_CONCURRENCY = 64;
@@ -62,15 +64,51 @@ try {
   const amount = { minorUnits: 10_000n, currencyCode: "USD" };
   const via = (n: number) => `gRPC h2, ${n} concurrent`;
 
-  // validate
+  // validate, bracketed by the empty rpc: half of its run right before, half right after
   const validate = async (w: number) => {
     const r = await client.validateVoucher({ code: validators[w].code, orderAmount: amount }, validators[w].auth);
     if (!r.valid) throw new Error(`validate said invalid: ${r.reason}`);
   };
+  const empty = await emptyGrpcLoad(env, VALIDATE_CONCURRENCY);
   await load({ concurrency: VALIDATE_CONCURRENCY, seconds: 1 }, validate);
+  // CPU per call of every process on the path, to say where validate's extra cost goes.
+  const meter = cpuMeter({ service: voucher.child.pid!, "empty server": empty.pid, postgres: isPostgres, redis: isRedis, bench: process.pid });
+  const measured = async <T extends { ok: number }>(run: () => Promise<T>) => {
+    const before = meter.now();
+    const result = await run();
+    return { result, cpu: meter.since(before) };
+  };
+  const emptyBefore = await measured(() => empty.run(SECONDS / 2));
   let rss = sampleRss([voucher.child.pid]);
-  const validateRun = await load({ concurrency: VALIDATE_CONCURRENCY, seconds: SECONDS }, validate);
-  report(row("validate", "validate", via(VALIDATE_CONCURRENCY), validateRun, { unit: "calls/s", rssMiB: rss.stop(), vs: "ceiling.empty-rpc.grpc", goal: 0.5 }));
+  const validateRun = await measured(() => load({ concurrency: VALIDATE_CONCURRENCY, seconds: SECONDS }, validate));
+  const validateRss = rss.stop();
+  const emptyAfter = await measured(() => empty.run(SECONDS / 2));
+  const emptyCalls = emptyBefore.result.ok + emptyAfter.result.ok;
+  const emptyCpu = Object.fromEntries(Object.keys(emptyBefore.cpu).map((k) => [k, emptyBefore.cpu[k] + emptyAfter.cpu[k]]));
+  const msPerCall = (cpu: Record<string, number>, calls: number, skip: string) =>
+    Object.entries(cpu).filter(([k]) => k !== skip).map(([k, v]) => `${k} ${((v * 1000) / Math.max(1, calls)).toFixed(2)}`).join(", ");
+  const totalPerCall = (cpu: Record<string, number>, calls: number) => Object.values(cpu).reduce((a, b) => a + b, 0) / Math.max(1, calls);
+  report(
+    row("validate.empty-rpc", "empty rpc, bracketing validate", via(VALIDATE_CONCURRENCY), mergeLoads([emptyBefore.result, emptyAfter.result]), {
+      unit: "calls/s",
+      notes: [
+        `half before validate ${Math.round(emptyBefore.result.rate)} calls/s, half after it ${Math.round(emptyAfter.result.rate)} calls/s (the rate is the two combined)`,
+        `CPU ms per call: ${msPerCall(emptyCpu, emptyCalls, "service")}`,
+      ],
+    }),
+  );
+  report(
+    row("validate", "validate", via(VALIDATE_CONCURRENCY), validateRun.result, {
+      unit: "calls/s",
+      rssMiB: validateRss,
+      vs: "validate.empty-rpc",
+      goal: 0.5,
+      notes: [
+        `CPU ms per call: ${msPerCall(validateRun.cpu, validateRun.result.ok, "empty server")}`,
+        `same ratio from CPU time: ${(totalPerCall(emptyCpu, emptyCalls) / totalPerCall(validateRun.cpu, validateRun.result.ok)).toFixed(2)}`,
+      ],
+    }),
+  );
 
   // redeem
   const redeem = (w: number, i: number) =>
