@@ -13,6 +13,7 @@
 import { createHash } from "node:crypto";
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { sql, type ColumnType, type Kysely, type Migration, type Transaction } from "kysely";
+import { prepared } from "./db.js";
 import { alreadyExists, type FieldViolation, type VouchError } from "./errors.js";
 import type { Logger } from "./log.js";
 
@@ -100,8 +101,9 @@ const EMPTY = new Uint8Array();
  */
 export async function claimRequestId<DB>(trx: Transaction<DB>, key: RequestKey): Promise<RequestClaim> {
   const keys = trx as unknown as Transaction<IdempotencyTables>;
-  // One round trip either way: the insert, or on conflict the row that is there.
-  const { rows } = await sql<{ claimed: boolean; fingerprint: string; response: Uint8Array }>`
+  // One round trip either way: the insert, or on conflict the row that is there. Prepared:
+  // every keyed write of every service runs it.
+  const { rows } = await prepared(sql<{ claimed: boolean; fingerprint: string; response: Uint8Array }>`
     WITH claim AS (
       INSERT INTO idempotency_keys (operation, request_id, caller, fingerprint, response)
       VALUES (${key.operation}, ${key.requestId}, ${key.caller}, ${key.fingerprint}, ${EMPTY})
@@ -111,7 +113,7 @@ export async function claimRequestId<DB>(trx: Transaction<DB>, key: RequestKey):
     UNION ALL
     SELECT false, fingerprint, response FROM idempotency_keys
     WHERE operation = ${key.operation} AND caller = ${key.caller} AND request_id = ${key.requestId}
-      AND NOT EXISTS (SELECT 1 FROM claim)`.execute(keys);
+      AND NOT EXISTS (SELECT 1 FROM claim)`).execute(keys);
   const row = rows[0];
   // The conflicting row's transaction committed after this statement's snapshot was taken,
   // so the SELECT arm cannot see it yet: read it again in a fresh statement.
@@ -134,13 +136,9 @@ async function readRequestId(keys: Transaction<IdempotencyTables>, key: RequestK
 
 /** Stores the response of a claimed request id, in the transaction of its effect. */
 export async function recordResponse<DB>(trx: Transaction<DB>, key: RequestKey, response: Uint8Array): Promise<void> {
-  await (trx as unknown as Transaction<IdempotencyTables>)
-    .updateTable("idempotency_keys")
-    .set({ response })
-    .where("operation", "=", key.operation)
-    .where("caller", "=", key.caller)
-    .where("request_id", "=", key.requestId)
-    .execute();
+  await prepared(sql`
+    UPDATE idempotency_keys SET response = ${response}
+    WHERE operation = ${key.operation} AND caller = ${key.caller} AND request_id = ${key.requestId}`).execute(trx);
 }
 
 /** Opens a transaction and runs `work` in it (e.g. `db.transaction().execute`, or one that retries deadlocks). */
