@@ -5,7 +5,6 @@
 // pg returns int8/numeric as strings and we leave it so: a store converts at its boundary
 // (to bigint for protobuf int64), once, instead of a global type parser silently losing
 // precision above 2^53.
-import { createHash } from "node:crypto";
 import { Kysely, PostgresDialect, sql, type RawBuilder } from "kysely";
 import pg from "pg";
 import { createLogger, type Logger } from "./log.js";
@@ -66,23 +65,34 @@ const PREPARED_MARK = "/* vouch:prepared */ ";
  * 34 columns) that is 0.06 ms of Postgres CPU per call instead of 0.3–0.9 ms, measured with
  * 32 connections on this machine.
  *
- * Only for statements whose text never varies (every value a parameter: the name is derived
- * from the text, and each distinct text stays prepared on each connection) and that name
- * their columns: a cached plan of a `*` fails with "cached plan must not change result type"
- * once a migration adds a column under a running replica.
+ * Only for statements whose text comes from a small fixed set (every value a parameter; each
+ * distinct text stays prepared on each connection for its life) and that name their columns:
+ * a cached plan of a `*` fails with "cached plan must not change result type" once a
+ * migration adds a column under a running replica.
  */
 export function prepared<T>(query: RawBuilder<T>): RawBuilder<T> {
   return sql<T>`${sql.raw(PREPARED_MARK)}${query}`;
 }
 
-/** kysely hands pg the SQL text; a marked text becomes a named query (pg prepares it on first use per connection). */
+/**
+ * One name per distinct marked text in this process, shared by every pool and connection (pg
+ * prepares a name on first use per connection). The set is small and fixed: the marked
+ * statements and their variants.
+ */
+const statementNames = new Map<string, string>();
+const statementName = (text: string) => {
+  let name = statementNames.get(text);
+  if (name === undefined) statementNames.set(text, (name = `vouch_${statementNames.size + 1}`));
+  return name;
+};
+
+/** kysely hands pg the SQL text; a marked text becomes a named query. */
 function runMarkedStatementsPrepared(client: pg.PoolClient): void {
   const query = client.query as (...args: unknown[]) => unknown;
   client.query = function (this: pg.PoolClient, ...args: unknown[]) {
     const [text, values] = args;
     if (typeof text === "string" && text.startsWith(PREPARED_MARK) && args.length <= 2) {
-      const name = `vouch_${createHash("sha256").update(text).digest("base64url").slice(0, 22)}`;
-      return query.call(this, { name, text, values });
+      return query.call(this, { name: statementName(text), text, values });
     }
     return query.apply(this, args);
   } as typeof client.query;
