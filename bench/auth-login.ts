@@ -26,7 +26,7 @@ import { connect } from "nats";
 import { AuthService } from "../gen/vouch/auth/v1/auth_pb.js";
 import { CURRENT_PARAMS, hashPassword, verifyPassword } from "../services/auth/passwords.js";
 import { createTestDatabase, deleteStream, freePort, testEventNames, uniqueSuffix } from "../services/kit/testing.js";
-import { cpuSecondsMatching, latencyStats, load, options, percentile, report, rssMiB, threadCpu } from "./lib/harness.js";
+import { cpuMsPer, cpuSecondsMatching, latencyStats, load, options, percentile, report, rssMiB, threadCpu } from "./lib/harness.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -214,9 +214,7 @@ async function main() {
     const rawPerSecond = raw.verifications / raw.seconds;
     const cpuPerVerifyMs = (sum(raw.cpu) / raw.verifications) * 1000;
     const cpuPerLoginMs = (sum(login.cpu) / sorted.length) * 1000;
-    const perLogin = Object.entries(login.cpu)
-      .map(([k, v]) => `${k} ${((v / sorted.length) * 1000).toFixed(1)}`)
-      .join(", ");
+    const perLogin = cpuMsPer(login.cpu, sorted.length);
     const threads = Object.entries(threadsAfter)
       .map(([name, t]) => [name, ((t - (threadsBefore[name] ?? 0)) / sorted.length) * 1000] as const)
       .filter(([, ms]) => ms >= 0.05)

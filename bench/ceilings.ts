@@ -29,6 +29,9 @@ import { benchEnvironment, connectJsonCaller, load, options, report, row, sample
 
 const log = createLogger("bench-ceilings", "silent");
 
+/** The empty rpc's request: a customer validating a code, which the empty handler never reads. */
+const EMPTY_REQUEST = { code: "BENCH-000001", orderAmount: { minorUnits: 10_000n, currencyCode: "USD" } };
+
 /**
  * The empty rpc's server (`bench/empty-server.ts`, its own process) and a gRPC load against
  * it that can be run more than once: bench/voucher.ts runs it right before and right after
@@ -41,8 +44,6 @@ export async function emptyGrpcLoad(env: BenchEnvironment, concurrency: number):
   await load({ concurrency, seconds: 1 }, () => client.validateVoucher(EMPTY_REQUEST, auth));
   return { pid: server.child.pid!, run: (seconds) => load({ concurrency, seconds }, () => client.validateVoucher(EMPTY_REQUEST, auth)) };
 }
-
-const EMPTY_REQUEST = { code: "BENCH-000001", orderAmount: { minorUnits: 10_000n, currencyCode: "USD" } };
 
 /**
  * An authenticated rpc (ValidateVoucher, a customer's token) whose handler returns at once, on

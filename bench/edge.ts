@@ -15,7 +15,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "../gen/vouch/auth/v1/auth_pb.js";
 import { VoucherService } from "../gen/vouch/voucher/v1/voucher_pb.js";
 import { ADMIN, startTestPlatform } from "../services/edge/test/platform.js";
-import { cpuMeter, load, mergeLoads, options, report, row, sampleRss, type LoadResult } from "./lib/harness.js";
+import { cpuMeter, load, mergeLoads, options, report, row, sampleRss, sumCpu, type LoadResult } from "./lib/harness.js";
 
 const SECONDS = options.seconds(6);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 32);
@@ -43,13 +43,12 @@ let meter = cpuMeter({ client: process.pid });
 
 /** GetBook from CLIENTS closed loops, bounded in time and calls, with the CPU each process spent. */
 async function phase(voucher: Voucher, bookId: string, seconds: number): Promise<Phase> {
-  const before = meter.now();
-  const r = await load({ concurrency: CLIENTS, seconds }, () => voucher.getBook({ bookId }));
-  return { ...r, cpu: meter.since(before) };
+  const { result, cpu } = await meter.measure(() => load({ concurrency: CLIENTS, seconds }, () => voucher.getBook({ bookId })));
+  return { ...result, cpu };
 }
 
 function merge(phases: Phase[]): Phase {
-  return { ...mergeLoads(phases), cpu: Object.fromEntries(Object.keys(phases[0].cpu).map((k) => [k, phases.reduce((s, p) => s + p.cpu[k], 0)])) };
+  return { ...mergeLoads(phases), cpu: sumCpu(phases.map((p) => p.cpu)) };
 }
 
 /** CPU µs per call of the processes on the call's path. */

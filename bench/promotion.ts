@@ -36,7 +36,7 @@ import { VoucherService } from "../gen/vouch/voucher/v1/voucher_pb.js";
 import { hashPassword } from "../services/auth/passwords.js";
 import { ADMIN, startTestPlatform } from "../services/edge/test/platform.js";
 import { newId } from "../services/kit/ids.js";
-import { cpuMeter, isNats, isPostgres, load, mergeLoads, options, poll, report, row, sampleRss, type LoadResult } from "./lib/harness.js";
+import { cpuMeter, cpuMsPer, isNats, isPostgres, load, mergeLoads, options, poll, report, row, sampleRss, sumCpu, type CpuSeconds, type LoadResult } from "./lib/harness.js";
 
 const LOGINS = options.logins;
 const QUOTA = Number(process.env.BENCH_QUOTA ?? 100);
@@ -83,7 +83,7 @@ try {
       if (!r.firstLogin) throw new Error(`${users[i]}: not a first login`);
     });
   const meter = cpuMeter({ auth: platform.pids.auth!, promotion: platform.pids.promotion!, voucher: platform.pids.voucher!, postgres: isPostgres, nats: isNats, bench: process.pid });
-  const cpuNote = (cpu: Record<string, number>, n: number) => `CPU ms per login: ${Object.entries(cpu).map(([k, v]) => `${k} ${((v / Math.max(1, n)) * 1000).toFixed(1)}`).join(", ")}`;
+  const cpuNote = (cpu: CpuSeconds, n: number) => `CPU ms per login: ${cpuMsPer(cpu, n)}`;
 
   console.log(`first-login storm: ${fmt(LOGINS)} real first logins per phase (AuthService.Login, gRPC h2, ${CLIENTS} concurrent), quota ${QUOTA}`);
   const warm = await logins(usernames.slice(0, WARM_UP), 60);
@@ -92,7 +92,6 @@ try {
   const firstHalf = Math.floor(LOGINS / 2);
   const baselineUsers = [usernames.slice(WARM_UP, WARM_UP + firstHalf), usernames.slice(WARM_UP + firstHalf, WARM_UP + LOGINS)];
   const stormUsers = usernames.slice(WARM_UP + LOGINS);
-  const sumCpu = (a: Record<string, number>, b: Record<string, number>) => Object.fromEntries(Object.entries(a).map(([k, v]) => [k, v + (b[k] ?? 0)]));
 
   // 1. no campaign, first half
   let rss = sampleRss(pids);
@@ -144,7 +143,7 @@ try {
   const afterCpu = meter.since(cpu0);
   baselineRss = Math.max(baselineRss, rss.stop());
   const baseline = mergeLoads([before, afterward]);
-  const baselineCpu = sumCpu(beforeCpu, afterCpu);
+  const baselineCpu = sumCpu([beforeCpu, afterCpu]);
 
   const { rows: grants } = await pool.query(
     "SELECT g.voucher_id, g.state, g.issued_at, g.created_at, u.username FROM promotion.grants g LEFT JOIN auth.users u ON u.id = g.user_id WHERE g.campaign_id = $1",

@@ -24,7 +24,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { GenerationJobState, VoucherService } from "../gen/vouch/voucher/v1/voucher_pb.js";
 import { emptyGrpcLoad } from "./ceilings.js";
-import { benchEnvironment, cpuMeter, isPostgres, isRedis, load, mergeLoads, options, report, row, sampleRss } from "./lib/harness.js";
+import { benchEnvironment, cpuMeter, cpuMsPer, isPostgres, isRedis, load, mergeLoads, options, report, row, sampleRss, sumCpu, type CpuSeconds } from "./lib/harness.js";
 
 const SECONDS = options.seconds(8);
 const VALIDATE_CONCURRENCY = 64;
@@ -73,21 +73,15 @@ try {
   await load({ concurrency: VALIDATE_CONCURRENCY, seconds: 1 }, validate);
   // CPU per call of every process on the path, to say where validate's extra cost goes.
   const meter = cpuMeter({ service: voucher.child.pid!, "empty server": empty.pid, postgres: isPostgres, redis: isRedis, bench: process.pid });
-  const measured = async <T extends { ok: number }>(run: () => Promise<T>) => {
-    const before = meter.now();
-    const result = await run();
-    return { result, cpu: meter.since(before) };
-  };
-  const emptyBefore = await measured(() => empty.run(SECONDS / 2));
+  const emptyBefore = await meter.measure(() => empty.run(SECONDS / 2));
   let rss = sampleRss([voucher.child.pid]);
-  const validateRun = await measured(() => load({ concurrency: VALIDATE_CONCURRENCY, seconds: SECONDS }, validate));
+  const validateRun = await meter.measure(() => load({ concurrency: VALIDATE_CONCURRENCY, seconds: SECONDS }, validate));
   const validateRss = rss.stop();
-  const emptyAfter = await measured(() => empty.run(SECONDS / 2));
+  const emptyAfter = await meter.measure(() => empty.run(SECONDS / 2));
   const emptyCalls = emptyBefore.result.ok + emptyAfter.result.ok;
-  const emptyCpu = Object.fromEntries(Object.keys(emptyBefore.cpu).map((k) => [k, emptyBefore.cpu[k] + emptyAfter.cpu[k]]));
-  const msPerCall = (cpu: Record<string, number>, calls: number, skip: string) =>
-    Object.entries(cpu).filter(([k]) => k !== skip).map(([k, v]) => `${k} ${((v * 1000) / Math.max(1, calls)).toFixed(2)}`).join(", ");
-  const totalPerCall = (cpu: Record<string, number>, calls: number) => Object.values(cpu).reduce((a, b) => a + b, 0) / Math.max(1, calls);
+  const emptyCpu = sumCpu([emptyBefore.cpu, emptyAfter.cpu]);
+  const msPerCall = (cpu: CpuSeconds, calls: number, skip: string) => cpuMsPer(cpu, calls, 2, [skip]);
+  const totalPerCall = (cpu: CpuSeconds, calls: number) => Object.values(cpu).reduce((a, b) => a + b, 0) / Math.max(1, calls);
   report(
     row("validate.empty-rpc", "empty rpc, bracketing validate", via(VALIDATE_CONCURRENCY), mergeLoads([emptyBefore.result, emptyAfter.result]), {
       unit: "calls/s",
@@ -115,7 +109,7 @@ try {
     client.redeemVoucher({ code: redeemers[w].codes[i % 4], orderReference: `o-${w}-${i}`, orderAmount: amount, requestId: randomUUID() }, redeemers[w].auth);
   await load({ concurrency: REDEEM_CONCURRENCY, seconds: 1 }, redeem);
   rss = sampleRss([voucher.child.pid]);
-  const redeemRun = await measured(() => load({ concurrency: REDEEM_CONCURRENCY, seconds: SECONDS }, redeem));
+  const redeemRun = await meter.measure(() => load({ concurrency: REDEEM_CONCURRENCY, seconds: SECONDS }, redeem));
   report(
     row("redeem", "redeem", `${via(REDEEM_CONCURRENCY)}, fresh request_id each`, redeemRun.result, {
       unit: "tx/s",

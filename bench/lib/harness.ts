@@ -338,16 +338,41 @@ export const isPostgres = (cmd: string) => cmd.startsWith("postgres");
 export const isNats = (cmd: string) => cmd.includes("nats-server");
 export const isRedis = (cmd: string) => cmd.startsWith("redis-server");
 
-/** CPU seconds per named group (a pid or a command-line matcher), read now; `since(before)` gives the difference. */
+/** CPU seconds per named group (a process or a group of them). */
+export type CpuSeconds = Record<string, number>;
+
+/**
+ * CPU seconds per named group (a pid or a command-line matcher), read now; `since(before)`
+ * gives the difference, `measure(run)` the CPU each group spent while `run` ran.
+ */
 export function cpuMeter(groups: Record<string, number | ((cmdline: string, pid: number) => boolean)>) {
-  const now = (): Record<string, number> =>
+  const now = (): CpuSeconds =>
     Object.fromEntries(
       Object.entries(groups).map(([name, g]) => [name, typeof g === "number" ? (g === process.pid ? (process.cpuUsage().user + process.cpuUsage().system) / 1e6 : cpuSeconds(g)) : cpuSecondsMatching(g)]),
     );
+  const since = (before: CpuSeconds): CpuSeconds => Object.fromEntries(Object.entries(now()).map(([k, v]) => [k, v - before[k]]));
   return {
     now,
-    since: (before: Record<string, number>) => Object.fromEntries(Object.entries(now()).map(([k, v]) => [k, v - before[k]])),
+    since,
+    async measure<T>(run: () => Promise<T>): Promise<{ result: T; cpu: CpuSeconds }> {
+      const before = now();
+      const result = await run();
+      return { result, cpu: since(before) };
+    },
   };
+}
+
+/** Per-group sums of several phases' CPU seconds (the groups of the first). */
+export function sumCpu(phases: CpuSeconds[]): CpuSeconds {
+  return Object.fromEntries(Object.keys(phases[0]).map((k) => [k, phases.reduce((s, p) => s + (p[k] ?? 0), 0)]));
+}
+
+/** "auth 20.3, postgres 4.9, …": CPU ms per operation of each group, leaving out `skip`. */
+export function cpuMsPer(cpu: CpuSeconds, operations: number, digits = 1, skip: string[] = []): string {
+  return Object.entries(cpu)
+    .filter(([k]) => !skip.includes(k))
+    .map(([k, v]) => `${k} ${((v * 1000) / Math.max(1, operations)).toFixed(digits)}`)
+    .join(", ");
 }
 
 export async function waitReady(url: string, child: ChildProcess, timeoutMs = 60_000): Promise<void> {
