@@ -41,7 +41,7 @@ export interface Validation {
 const PICK_RANGE = 2_147_483_647;
 const QR_CACHE_SIZE = 2_000;
 /** Redis key of a code's live lease, to refuse obvious contention before Postgres. */
-const leaseKey = (code: string) => `voucher:lease:${code}`;
+export const leaseKey = (code: string) => `voucher:lease:${code}`;
 /**
  * How long a lease marker lives at most, whatever the lease's own TTL (up to 24 h). A marker
  * left behind (its DEL lost in a Redis blip, the lease ended another way) refuses reserves

@@ -9,7 +9,7 @@ import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { sql } from "kysely";
 import { RetryInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { InvalidVoucherReason, RedeemVoucherResponseSchema, VoucherState } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
-import { LEASE_MARKER_MAX_MS } from "../vouchers.js";
+import { LEASE_MARKER_MAX_MS, leaseKey } from "../vouchers.js";
 import { bookInput, failure, startHarness, usd, waitFor, type Harness } from "./harness.js";
 
 let h: Harness;
@@ -133,7 +133,7 @@ describe("reserve", () => {
     const auth = await h.as("u-marker");
     await h.client.reserveVoucher({ code: v.code, ttl: durationFromMs(3_600_000), requestId: randomUUID() }, auth);
     const redis = h.voucher.platform.redis; // its key prefix is the harness's
-    const key = `voucher:lease:${v.code}`;
+    const key = leaseKey(v.code);
     const ttl = await redis.pttl(key);
     assert.ok(ttl > 0 && ttl <= LEASE_MARKER_MAX_MS, `the marker of an hour-long lease lives ${ttl} ms`);
     // The lease ends without the marker being cleared (as when the DEL is lost).
@@ -305,6 +305,24 @@ describe("validate", () => {
     assert.ok((await h.client.redeemVoucher(redeemReq(own.code), guesser)).redemption, "a redeem of one's own code is not charged");
   });
 
+  test("codes past their book's end are expired for every rpc", async () => {
+    const { bookId } = await book(2);
+    const v = await assign(bookId, "u-end");
+    const auth = await h.as("u-end");
+    await h.client.updateBook({ book: { id: bookId, endTime: timestampFromDate(new Date(Date.now() - 1_000)) }, updateMask: { paths: ["end_time"] } }, admin);
+    assert.equal((await h.client.validateVoucher({ code: v.code }, auth)).reason, InvalidVoucherReason.EXPIRED);
+    assert.equal((await failure(h.client.reserveVoucher({ code: v.code }, auth))).reason, "VOUCHER_EXPIRED");
+    assert.equal((await failure(h.client.redeemVoucher(redeemReq(v.code), auth))).reason, "VOUCHER_EXPIRED");
+    assert.equal((await failure(h.client.assignVoucher({ bookId, userId: "u-end-2" }, admin))).reason, "VOUCHER_EXPIRED");
+    assert.equal((await h.client.getVoucher({ voucherId: v.id }, auth)).voucher?.state, VoucherState.EXPIRED);
+    const mine = await h.client.listMyVouchers({ state: VoucherState.EXPIRED }, auth);
+    assert.deepEqual(mine.vouchers.map((x) => x.id), [v.id]);
+    const stats = (await h.client.getBookStats({ bookId }, admin)).stats!;
+    assert.equal(stats.expiredCount, 2n);
+  });
+});
+
+describe("states and counts", () => {
   test("ListMyVouchers filters and GetBookStats counts follow each voucher through assigned, reserved, redeemed and rolled back", async () => {
     const { bookId } = await book(5);
     const [kept, held, used] = [await assign(bookId, "u-states"), await assign(bookId, "u-states"), await assign(bookId, "u-states")];
@@ -326,21 +344,5 @@ describe("validate", () => {
     assert.deepEqual(await mine(VoucherState.REDEEMED), []);
     assert.deepEqual((await mine(VoucherState.ASSIGNED)).sort(), [kept.code, used.code].sort());
     assert.deepEqual(await counts(), { total: 5n, imported: 5n, free: 2n, assigned: 2n, reserved: 1n, redeemed: 0n, redemptions: 0n, rolledBack: 1n });
-  });
-
-  test("codes past their book's end are expired for every rpc", async () => {
-    const { bookId } = await book(2);
-    const v = await assign(bookId, "u-end");
-    const auth = await h.as("u-end");
-    await h.client.updateBook({ book: { id: bookId, endTime: timestampFromDate(new Date(Date.now() - 1_000)) }, updateMask: { paths: ["end_time"] } }, admin);
-    assert.equal((await h.client.validateVoucher({ code: v.code }, auth)).reason, InvalidVoucherReason.EXPIRED);
-    assert.equal((await failure(h.client.reserveVoucher({ code: v.code }, auth))).reason, "VOUCHER_EXPIRED");
-    assert.equal((await failure(h.client.redeemVoucher(redeemReq(v.code), auth))).reason, "VOUCHER_EXPIRED");
-    assert.equal((await failure(h.client.assignVoucher({ bookId, userId: "u-end-2" }, admin))).reason, "VOUCHER_EXPIRED");
-    assert.equal((await h.client.getVoucher({ voucherId: v.id }, auth)).voucher?.state, VoucherState.EXPIRED);
-    const mine = await h.client.listMyVouchers({ state: VoucherState.EXPIRED }, auth);
-    assert.deepEqual(mine.vouchers.map((x) => x.id), [v.id]);
-    const stats = (await h.client.getBookStats({ bookId }, admin)).stats!;
-    assert.equal(stats.expiredCount, 2n);
   });
 });
