@@ -82,7 +82,8 @@ export async function recordLoginAndStartSession(
     `id, full_name AS "fullName", username, email, phone_number AS "phoneNumber", to_char(birthday, 'YYYY-MM-DD') AS birthday, roles,
      created_at AS "createdAt", updated_at AS "updatedAt", first_login_at AS "firstLoginAt", last_login_at AS "lastLoginAt"`,
   );
-  // Prepared: planning these six parts costs Postgres more than running them.
+  // Prepared: planning these six parts costs Postgres more than running them. (Its `*` is
+  // over the CTEs' named columns, so a column added to users changes nothing.)
   const { rows } = await prepared(sql<UserRow & { firstLogin: boolean }>`
     WITH first AS (
       UPDATE users SET first_login_at = ${now}, last_login_at = ${now}
