@@ -56,6 +56,12 @@ export function optionalUser(v: Violations, field: string, value: string): strin
   return value;
 }
 
+/** An optional reservation token (ReserveVoucher's `rsv_…`; anything longer is not one). */
+export function optionalReservationToken(v: Violations, value: string): string {
+  if (value.length > 256) v.add("reservation_token", "RESERVATION_TOKEN_INVALID", "is not a reservation token");
+  return value;
+}
+
 /** A code as typed → its normalised form (trimmed, upper-cased). */
 export function code(v: Violations, field: string, typed: string, required = true): string {
   const c = normaliseCode(typed);

@@ -91,6 +91,8 @@ const INVALID_REASON: Record<Unusable, InvalidVoucherReason> = {
   USER_LIMIT_REACHED: InvalidVoucherReason.USER_LIMIT_REACHED,
   CURRENCY_MISMATCH: InvalidVoucherReason.CURRENCY_MISMATCH,
   MINIMUM_NOT_MET: InvalidVoucherReason.MINIMUM_NOT_MET,
+  RESERVATION_INVALID: InvalidVoucherReason.RESERVATION_INVALID,
+  RESERVATION_STALE: InvalidVoucherReason.RESERVATION_STALE,
 };
 const reverse = <K extends string, V>(m: Record<K, V>) => new Map<V, K>(Object.entries(m).map(([k, v]) => [v as V, k as K]));
 const BOOK_STATE_IN = reverse(BOOK_STATE);
@@ -504,9 +506,10 @@ export function createVoucherHandlers({ books, vouchers, purchases }: VoucherRou
         code: input.code(v, "code", req.code),
         order: orderAmount(v, "order_amount", req.orderAmount, false),
         user: input.optionalUser(v, "user_id", req.userId),
+        token: input.optionalReservationToken(v, req.reservationToken),
       }));
       const userId = vouchers.actingFor(actorOf(ctx), req.userId);
-      const result = await vouchers.validate(code, userId, order);
+      const result = await vouchers.validate(code, userId, order, req.reservationToken || undefined);
       if (result.unusable) return { valid: false, reason: INVALID_REASON[result.unusable] };
       return {
         valid: true,
@@ -540,7 +543,7 @@ export function createVoucherHandlers({ books, vouchers, purchases }: VoucherRou
         input.requestId(v, req.requestId, true);
         input.optionalUser(v, "user_id", req.userId);
         if (req.orderReference.length < 1 || req.orderReference.length > 128) v.add("order_reference", "ORDER_REFERENCE_INVALID", "must be 1 to 128 characters");
-        if (req.reservationToken.length > 256) v.add("reservation_token", "RESERVATION_TOKEN_INVALID", "is not a reservation token");
+        input.optionalReservationToken(v, req.reservationToken);
         return { code: input.code(v, "code", req.code), order: orderAmount(v, "order_amount", req.orderAmount, true)! };
       });
       const userId = vouchers.actingFor(actorOf(ctx), req.userId);

@@ -78,8 +78,17 @@ export function unusableError(why: Unusable, v: Voucher | undefined): VouchError
         minimumMinorUnits: v!.book.minimumOrder!.minor.toString(),
         currencyCode: v!.book.minimumOrder!.currency,
       });
+    case "RESERVATION_INVALID":
+      return failedPrecondition("RESERVATION_INVALID", "the reservation token is unknown, not for this code and user, released or used already");
+    case "RESERVATION_STALE":
+      return failedPrecondition("RESERVATION_STALE", "the reservation expired and the code has been reserved again since");
   }
 }
+
+/** A presented reservation that cannot be for this code and user at all (checked before anything else). */
+const foreignReservation = (r: ReservationRow | undefined, code: string, userId: string) => !r || r.userId !== userId || r.code !== code;
+/** The code has been leased again since the reservation: its fence moved on. */
+const supersededReservation = (r: ReservationRow | undefined, v: Voucher | undefined) => !!r && !!v && v.fence > r.fence;
 
 export class Vouchers {
   private readonly qrCache = new Map<string, Promise<{ png: Buffer; svg: string }>>();
@@ -203,11 +212,19 @@ export class Vouchers {
     return hit;
   }
 
-  /** Rate-limited per user so codes cannot be found by guessing. */
-  async validate(code: string, userId: string, order: Money | undefined): Promise<Validation> {
+  /**
+   * Rate-limited per user so codes cannot be found by guessing. With a reservation token the
+   * answer is redeem's with that token, in redeem's order of checks.
+   */
+  async validate(code: string, userId: string, order: Money | undefined, reservationToken?: string): Promise<Validation> {
     await this.deps.limiter.enforce(userId);
+    const reservation = reservationToken ? await store.findReservation(this.db, hashToken(reservationToken)) : undefined;
+    if (reservationToken && foreignReservation(reservation, code, userId)) return { unusable: "RESERVATION_INVALID" };
     const look = await store.findByCode(this.db, code, userId);
-    const unusable = whyUnusable(look.voucher, { userId, now: look.now, userRedemptions: look.userRedemptions, order });
+    if (supersededReservation(reservation, look.voucher)) return { unusable: "RESERVATION_STALE" };
+    const unusable =
+      whyUnusable(look.voucher, { userId, now: look.now, userRedemptions: look.userRedemptions, order, heldFence: reservation?.fence }) ??
+      (reservation && (reservation.releasedAt || reservation.usedAt) ? "RESERVATION_INVALID" : null);
     if (unusable) return { unusable };
     return { unusable: null, voucher: look.voucher, discount: order && computeDiscount(look.voucher!.book.discount, order) };
   }
@@ -277,9 +294,7 @@ export class Vouchers {
       let reservation: ReservationRow | undefined;
       if (input.reservationToken) {
         reservation = await store.findReservation(trx, hashToken(input.reservationToken));
-        if (!reservation || reservation.userId !== userId || reservation.code !== code) {
-          throw failedPrecondition("RESERVATION_INVALID", "the reservation token is unknown or not for this code and user");
-        }
+        if (foreignReservation(reservation, code, userId)) throw unusableError("RESERVATION_INVALID", undefined);
       }
       const redemptionId = newId();
       const { voucher, reservationUsed, counted, redemption } = await store.redeemOnce(trx, {
@@ -291,16 +306,13 @@ export class Vouchers {
         orderReference: input.orderReference,
       });
       if (!voucher) {
-        if (reservation) {
-          const look = await store.findByCode(trx, code, userId);
-          if (look.voucher && look.voucher.fence > reservation.fence) {
-            throw failedPrecondition("RESERVATION_STALE", "the reservation expired and the code has been reserved again since");
-          }
+        if (reservation && supersededReservation(reservation, (await store.findByCode(trx, code, userId)).voucher)) {
+          throw unusableError("RESERVATION_STALE", undefined);
         }
         return this.explain(trx, code, userId, order, { heldFence: reservation?.fence, chargeMisses: true });
       }
       // A refusal below throws, and the transaction takes the use back.
-      if (reservation && !reservationUsed) throw failedPrecondition("RESERVATION_INVALID", "the reservation was released or used already");
+      if (reservation && !reservationUsed) throw unusableError("RESERVATION_INVALID", voucher);
       if (!counted || !redemption) throw unusableError("USER_LIMIT_REACHED", voucher);
       const discount = computeDiscount(voucher.book.discount, order);
       if (redemption.discount.minor !== discount.minor) {

@@ -97,7 +97,11 @@ export type Unusable =
   | "RESERVED_BY_OTHER"
   | "USER_LIMIT_REACHED"
   | "CURRENCY_MISMATCH"
-  | "MINIMUM_NOT_MET";
+  | "MINIMUM_NOT_MET"
+  | ReservationProblem;
+
+/** What is wrong with a reservation token presented with a code (redeem, validate). */
+export type ReservationProblem = "RESERVATION_INVALID" | "RESERVATION_STALE";
 
 export interface UsabilityQuestion {
   userId: string;

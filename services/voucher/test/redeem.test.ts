@@ -7,7 +7,7 @@ import { randomUUID } from "node:crypto";
 import { toBinary } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { sql } from "kysely";
-import { RetryInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, RetryInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { InvalidVoucherReason, RedeemVoucherResponseSchema, VoucherState } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
 import { LEASE_MARKER_MAX_MS, leaseKey } from "../vouchers.js";
 import { bookInput, failure, startHarness, usd, waitFor, type Harness } from "./harness.js";
@@ -173,6 +173,55 @@ describe("reserve", () => {
     assert.deepEqual([stale.code, stale.reason], ["FailedPrecondition", "RESERVATION_STALE"]);
     const current = await h.client.redeemVoucher(redeemReq(v.code, randomUUID(), 10_000, { reservationToken: second.reservationToken }), auth);
     assert.equal(current.redemption?.voucherId, v.id);
+  });
+
+  test("validate with a reservation token answers what redeem with that token would: own lease no obstacle, foreign, stale, released and used tokens refused", async () => {
+    const { bookId } = await book(2, { usesPerCode: 2 });
+    const v = await assign(bookId, "u-checkout");
+    const auth = await h.as("u-checkout");
+    const check = async (reservationToken: string) => {
+      const r = await h.client.validateVoucher({ code: v.code, orderAmount: usd(10_000), reservationToken }, auth);
+      return r.valid ? "valid" : InvalidVoucherReason[r.reason];
+    };
+    const redeemWith = async (reservationToken: string) => (await failure(h.client.redeemVoucher(redeemReq(v.code, randomUUID(), 10_000, { reservationToken }), auth))).reason;
+
+    const first = (await h.client.reserveVoucher({ code: v.code, requestId: randomUUID() }, auth)).reservation!;
+    assert.equal(await check(""), "RESERVED_BY_OTHER", "without its token the user's own lease holds the code");
+    const own = await h.client.validateVoucher({ code: v.code, orderAmount: usd(10_000), reservationToken: first.reservationToken }, auth);
+    assert.equal(own.valid, true);
+    assert.equal(own.discountAmount?.minorUnits, 1_000n, "the discount is computed as for any valid code");
+
+    assert.equal(await check("rsv_unknown"), "RESERVATION_INVALID");
+    assert.equal(await redeemWith("rsv_unknown"), "RESERVATION_INVALID");
+    const other = await assign(bookId, "u-checkout-other");
+    const otherAuth = await h.as("u-checkout-other");
+    const foreign = (await h.client.reserveVoucher({ code: other.code, requestId: randomUUID() }, otherAuth)).reservation!;
+    assert.equal(await check(foreign.reservationToken), "RESERVATION_INVALID", "another user's reservation of another code");
+    assert.equal(await redeemWith(foreign.reservationToken), "RESERVATION_INVALID");
+
+    // The first lease runs out and the code is reserved again: the first token is stale.
+    await sql`UPDATE codes SET lease_expires_at = now() - interval '1 second' WHERE id = ${v.id}`.execute(h.voucher.platform.db);
+    await h.voucher.platform.redis.del(leaseKey(v.code));
+    const second = (await h.client.reserveVoucher({ code: v.code, requestId: randomUUID() }, auth)).reservation!;
+    assert.equal(await check(first.reservationToken), "RESERVATION_STALE");
+    assert.equal(await redeemWith(first.reservationToken), "RESERVATION_STALE");
+    assert.equal(await check(second.reservationToken), "valid");
+
+    // Used: the code has a use left, but not that reservation.
+    await h.client.redeemVoucher(redeemReq(v.code, randomUUID(), 10_000, { reservationToken: second.reservationToken }), auth);
+    assert.equal(await check(second.reservationToken), "RESERVATION_INVALID");
+    assert.equal(await redeemWith(second.reservationToken), "RESERVATION_INVALID");
+    assert.equal(await check(""), "valid", "the code itself is still usable once");
+
+    // Released.
+    const third = (await h.client.reserveVoucher({ code: v.code, requestId: randomUUID() }, auth)).reservation!;
+    await h.client.releaseReservation({ reservationToken: third.reservationToken }, auth);
+    assert.equal(await check(third.reservationToken), "RESERVATION_INVALID");
+    assert.equal(await redeemWith(third.reservationToken), "RESERVATION_INVALID");
+
+    const tooLong = await failure(h.client.validateVoucher({ code: v.code, reservationToken: "x".repeat(257) }, auth));
+    assert.equal(tooLong.code, "InvalidArgument");
+    assert.equal(tooLong.err.findDetails(BadRequestSchema)[0]?.fieldViolations[0]?.field, "reservation_token");
   });
 
   test("an expired lease that nobody took since still lets its holder redeem, and frees the voucher for others", async () => {
