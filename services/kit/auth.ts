@@ -6,6 +6,8 @@ import {
   decodeProtectedHeader,
   errors as joseErrors,
   jwtVerify,
+  type FlattenedJWSInput,
+  type CompactJWSHeaderParameters,
   type JWTVerifyGetKey,
 } from "jose";
 import { access, Access } from "../../gen/vouch/options/v1/options_pb.js";
@@ -40,10 +42,20 @@ const KEY_SELECTING_HEADERS = ["jku", "jwk", "x5u", "x5c"] as const;
 export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
   const keys = opts.keys instanceof URL ? remoteKeys(opts.keys, opts.jwks) : opts.keys;
   // The signature check is the costly part of a call's authentication, and it can only
-  // come out the same for the same token string: remember the claims of verified tokens
-  // until they expire. Expiry and revocation are still checked on every call.
+  // come out the same for the same token string and key: remember the claims of verified
+  // tokens until they expire. Expiry and revocation are still checked on every call, and so
+  // is the key (a map look-up, no signature): a token whose key was retired early (say,
+  // compromised) is refused as soon as this process's key set no longer has it.
   const cacheSize = opts.cacheSize ?? 10_000;
-  const verified = new Map<string, Caller>();
+  const verified = new Map<string, { caller: Caller; header: CompactJWSHeaderParameters; jws: FlattenedJWSInput }>();
+  const keyStillKnown = async (header: CompactJWSHeaderParameters, jws: FlattenedJWSInput) => {
+    try {
+      await keys(header, jws);
+      return true;
+    } catch {
+      return false; // and the full check says why: TOKEN_INVALID, or UNAVAILABLE in a JWKS outage
+    }
+  };
   const revoked = async (caller: Caller) => {
     if (opts.isRevoked && (await opts.isRevoked(caller))) throw unauthenticated("TOKEN_REVOKED", "access token has been revoked");
     return caller;
@@ -52,8 +64,8 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
     async verify(token) {
       const known = verified.get(token);
       if (known) {
-        if (known.expiresAt.getTime() > Date.now()) return revoked(known);
-        verified.delete(token); // and verify again below, which says TOKEN_EXPIRED
+        if (known.caller.expiresAt.getTime() > Date.now() && (await keyStillKnown(known.header, known.jws))) return revoked(known.caller);
+        verified.delete(token); // and verify again below, which says why not
       }
       let header;
       try {
@@ -66,7 +78,7 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
       }
       if (!header.kid) throw unauthenticated("TOKEN_INVALID", "access token has no key id");
       try {
-        const { payload } = await jwtVerify(token, keys, {
+        const { payload, protectedHeader: verifiedHeader } = await jwtVerify(token, keys, {
           issuer: opts.issuer,
           audience: opts.audience,
           algorithms: ACCESS_TOKEN_ALGORITHMS,
@@ -83,7 +95,8 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
         };
         if (cacheSize > 0) {
           if (verified.size >= cacheSize) verified.delete(verified.keys().next().value as string);
-          verified.set(token, caller);
+          const [encodedHeader, encodedPayload, signature] = token.split(".");
+          verified.set(token, { caller, header: verifiedHeader, jws: { protected: encodedHeader, payload: encodedPayload, signature } });
         }
         return await revoked(caller);
       } catch (err) {

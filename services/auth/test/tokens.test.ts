@@ -8,6 +8,8 @@ import { Code } from "@connectrpc/connect";
 import { SignJWT, UnsecuredJWT, decodeProtectedHeader } from "jose";
 import { toJsonString } from "@bufbuild/protobuf";
 import { ListSigningKeysResponseSchema, Role, SigningKeyState } from "../../../gen/vouch/auth/v1/auth_pb.js";
+import { createTokenVerifier } from "../../kit/auth.js";
+import { VouchError } from "../../kit/errors.js";
 import { createServiceTokenSource, serviceCredentials } from "../../kit/service-token.js";
 import { as, expectError, freshIp, newPerson, sleep, startAuthHarness, startPeerService, type AuthHarness, type PeerService } from "./harness.js";
 
@@ -186,13 +188,17 @@ describe("auth: tokens and keys", () => {
     assert.equal((await replica.client.getMe({}, as({ token }))).user?.username, "root", "the second replica reloaded its key ring");
   });
 
-  test("a retired key leaves the JWKS, and what it signed is refused by auth and by a service that fetches the keys afresh", async () => {
-    // A token of the key signing now, never presented yet (a verified token is remembered until
-    // it expires, which in real life comes before its key retires); then rotate and move that
-    // key's retirement (normally 15 min + after the last token it signed expired) to now.
+  test("a retired key leaves the JWKS, and what it signed is refused by auth and by services, even where it was verified and remembered before", async () => {
+    // A token of the key signing now, verified (and so remembered) by auth and by a service's
+    // verifier that refetches the keys every 200 ms; then rotate and move that key's
+    // retirement (normally 15 min + after the last token it signed expired) to now, as an
+    // operator would for a compromised key.
     const root = () => h.client.login({ identifier: "root", password: "root passphrase for tests" }, as({ ip: freshIp() }));
     const unseen = (await root()).accessToken;
     const oldKid = decodeProtectedHeader(unseen).kid!;
+    const remembering = createTokenVerifier({ issuer: h.config.jwt.issuer, audience: h.config.jwt.audience, keys: new URL(`${h.url}/.well-known/jwks.json`), jwks: { maxAgeMs: 200 } });
+    assert.equal((await h.client.getMe({}, as({ token: unseen }))).user?.username, "root");
+    assert.equal((await remembering.verify(unseen)).roles.includes("ADMIN"), true);
     const { previousKey } = await h.client.rotateSigningKey({}, as({ token: (await root()).accessToken }));
     assert.equal(previousKey?.kid, oldKid);
     await h.auth.platform.db.updateTable("signing_keys").set({ retire_at: new Date(Date.now() - 1_000) }).where("kid", "=", oldKid).execute();
@@ -201,6 +207,8 @@ describe("auth: tokens and keys", () => {
     const { keys } = await h.client.getJwks({});
     assert.ok(keys.length >= 2 && !keys.some((k) => k.kid === oldKid), "the retired key is gone from the JWKS");
     await expectError(h.client.getMe({}, as({ token: unseen })), Code.Unauthenticated, "TOKEN_INVALID");
+    await sleep(300); // past the service's key-set age: its next look-up refetches
+    await assert.rejects(remembering.verify(unseen), (err: unknown) => err instanceof VouchError && err.reason === "TOKEN_INVALID");
     const fresh = await startPeerService(h);
     try {
       await expectError(fresh.client.listMyVouchers({}, as({ token: unseen })), Code.Unauthenticated, "TOKEN_INVALID");

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { SignJWT, UnsecuredJWT, createLocalJWKSet, exportJWK, generateKeyPair, type JWK } from "jose";
+import { SignJWT, UnsecuredJWT, createLocalJWKSet, errors as joseErrors, exportJWK, generateKeyPair, type JWK } from "jose";
 import { AuthService } from "../../../gen/vouch/auth/v1/auth_pb.js";
 import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { loadConfig } from "../config.js";
@@ -130,21 +130,37 @@ describe("auth interceptor and error mapping", () => {
     assert.equal(res.user?.id, "203.0.113.7");
   });
 
-  test("a verified token is remembered: its signature is checked once, but expiry and revocation on every call", async () => {
+  test("a verified token is remembered: its signature is checked once, but its key, expiry and revocation on every call", async () => {
+    // The key getter answers with the real key, then with an impostor under the same kid (a
+    // signature check would now fail), then with no key at all (the key was retired).
+    let keys: "real" | "impostor" | "retired" = "real";
     let keyLookups = 0;
-    const localKeys = createLocalJWKSet({ keys: [publicJwk] });
+    const realKeys = createLocalJWKSet({ keys: [publicJwk] });
+    const impostorKeys = createLocalJWKSet({ keys: [{ ...(await exportJWK((await generateKeyPair("EdDSA", { extractable: true })).publicKey)), kid }] });
     let revokedNow = false;
     let revocationChecks = 0;
     const verifier = createTokenVerifier({
       issuer: ISSUER,
       audience: AUDIENCE,
-      keys: (header, tok) => (keyLookups++, localKeys(header, tok)),
+      keys: (header, tok) => {
+        keyLookups++;
+        if (keys === "retired") throw new joseErrors.JWKSNoMatchingKey();
+        return (keys === "real" ? realKeys : impostorKeys)(header, tok);
+      },
       isRevoked: async () => (revocationChecks++, revokedNow),
     });
     const shortLived = await token({}, { exp: Math.floor(Date.now() / 1000) + 2 });
     for (let i = 0; i < 3; i++) assert.equal((await verifier.verify(shortLived)).subject, "user-1");
-    assert.equal(keyLookups, 1, "one signature check for three calls");
+    assert.equal(keyLookups, 3, "the key is looked up on every call");
     assert.equal(revocationChecks, 3);
+    keys = "impostor";
+    assert.equal((await verifier.verify(shortLived)).subject, "user-1", "the signature is not checked again");
+    const unseen = await token();
+    await assert.rejects(verifier.verify(unseen), (err: VouchError) => err.reason === "TOKEN_INVALID", "a new token's signature is checked");
+    keys = "retired";
+    await assert.rejects(verifier.verify(shortLived), (err: VouchError) => err.reason === "TOKEN_INVALID", "a retired key's remembered token is refused");
+    keys = "real";
+    assert.equal((await verifier.verify(shortLived)).subject, "user-1");
     revokedNow = true;
     await assert.rejects(verifier.verify(shortLived), (err: VouchError) => err.reason === "TOKEN_REVOKED");
     revokedNow = false;
