@@ -222,8 +222,15 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
         await sleep(Math.min(maxBackoffMs, minBackoffMs * 2 ** Math.min(failing - 1, 20)), false);
         continue;
       }
-      await refreshOldestPending(!full);
-      if (!full) await sleep(pollMs, true);
+      if (full) {
+        await refreshOldestPending(false);
+      } else {
+        // Drained everything committed before the claim: nothing is pending that a query
+        // would see for long (a later commit's NOTIFY is already waking the next batch), so
+        // the gauge drops to 0 without a query per batch.
+        oldestPending.set(labels, 0);
+        await sleep(pollMs, true);
+      }
     }
   }
 
