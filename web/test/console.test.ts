@@ -3,13 +3,14 @@
 // separate processes on real Postgres, Redis and NATS. An admin logs in, creates a book of
 // 1,000 codes and watches generation reach 100%, opens a QR code, creates a first-login
 // campaign; a customer registers, logs in for the first time and sees the 30% voucher; a
-// admin rolls a customer's redemption back with a reason and makes them an admin; a
+// admin rolls a customer's redemption back with a reason and makes them an admin; an admin
+// searches codes, exports CSV, imports a list and retries a failed provider request; a
 // refresh failing offline or rate limited keeps the session, a refused one ends it.
 // Screenshots of each page go to test-artifacts/console/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { randomInt } from "node:crypto";
 import { createClient } from "@connectrpc/connect";
@@ -17,6 +18,8 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 import { decodeJwt } from "jose";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { AuthService } from "../../gen/vouch/auth/v1/auth_pb.js";
+import { CodeRequestState, ProviderService } from "../../gen/vouch/provider/v1/provider_pb.js";
+import { DeliveryChannel } from "../../gen/vouch/type/v1/provider_code_pb.js";
 import { VoucherService } from "../../gen/vouch/voucher/v1/voucher_pb.js";
 import { ADMIN, startTestPlatform, type TestPlatform } from "../../services/edge/test/platform.js";
 
@@ -58,6 +61,8 @@ before(async () => {
     // Access tokens of 65 s: the console refreshes them silently every ~5 s (a minute before
     // expiry), so the admin's session below goes through several refresh-token rotations.
     auth: { TRUST_FORWARDED_FOR: "true", AUTH_ACCESS_TOKEN_TTL_SECONDS: "65" },
+    // A request the sim keeps failing ends FAILED after two tries, 200 ms apart (the retry test).
+    provider: { PROVIDER_MAX_ATTEMPTS: "2", PROVIDER_RETRY_BACKOFF_MS: "200" },
     // The provider answers inline within half a second, so the customer's code arrives in the test's time.
     "provider-sim": { PROVIDER_SIM_BEHAVIOUR: JSON.stringify({ default: { latency: [{ weight: 1, minMs: 100, maxMs: 500 }] } }) },
   });
@@ -262,6 +267,89 @@ test("an admin rolls back a customer's redemption with a reason and makes the cu
     await user.filter({ hasText: "ADMIN" }).waitFor();
     await shot(page, "17-granted-admin");
     assert.deepEqual((decodeJwt((await login()).accessToken).roles as string[]).sort(), ["ADMIN", "CUSTOMER"], "the next login carries the role");
+    assert.deepEqual(problems, []);
+  } finally {
+    await page.close();
+  }
+});
+
+test("an admin searches a book's codes, exports them as CSV, imports a list told which were there, and retries a failed provider request", { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missing` }, async () => {
+  const transport = createConnectTransport({ baseUrl: edgeUrl });
+  const auth = createClient(AuthService, transport);
+  const adminBearer = { headers: { authorization: `Bearer ${(await auth.login({ identifier: ADMIN.username, password: ADMIN.password })).accessToken}` } };
+  // A book of five known codes, through the edge.
+  const n = randomInt(1_000_000_000);
+  const vouchers = createClient(VoucherService, transport);
+  const bookName = `CSV book ${n}`;
+  const { book } = await vouchers.createBook({ book: { name: bookName, codePattern: "CSV-****", discount: { kind: { case: "percentOff", value: { basisPoints: 1_000 } } } } }, adminBearer);
+  const codes = Array.from({ length: 5 }, (_, i) => `CSV${n}-${i + 1}`);
+  await vouchers.importCodes({ bookId: book!.id, codes }, adminBearer);
+  // A customer's provider request that the sim fails every time, until it is FAILED.
+  const phoneNumber = `+8492${String(randomInt(10_000_000)).padStart(7, "0")}`;
+  const customer = { fullName: "Retry Customer", username: `retry${n}`, email: `retry${n}@example.com`, phoneNumber, password: "cobalt-finch-rivers-58" };
+  await auth.register(customer);
+  const customerBearer = { headers: { authorization: `Bearer ${(await auth.login({ identifier: customer.username, password: customer.password })).accessToken}` } };
+  const sim = (behaviour: unknown) => fetch(`${platform.urls["provider-sim"]}/sim/config`, { method: "PUT", body: JSON.stringify(behaviour) }).then((r) => assert.ok(r.ok, "the sim took its config"));
+  const fast = { latency: [{ weight: 1, minMs: 100, maxMs: 500 }] };
+  await sim({ default: fast, byPhoneNumber: { [phoneNumber]: { errorRate: 1 } } });
+  const providers = createClient(ProviderService, transport);
+  const { codeRequest } = await providers.requestCode({ phoneNumber, channel: DeliveryChannel.WEB, requestId: crypto.randomUUID() }, customerBearer);
+  for (const deadline = Date.now() + 30_000; ; await new Promise((r) => setTimeout(r, 200))) {
+    const state = (await providers.getCodeRequest({ codeRequestId: codeRequest!.id }, customerBearer)).codeRequest?.state;
+    if (state === CodeRequestState.FAILED) break;
+    assert.ok(Date.now() < deadline, `the request did not fail (state ${state})`);
+  }
+  await sim({ default: fast }); // the provider recovers
+
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems: string[] = [];
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  try {
+    await page.goto(`${edgeUrl}/login`);
+    await page.getByLabel("Username, email or phone number").fill(ADMIN.username);
+    await page.getByLabel("Password").fill(ADMIN.password);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+    await page.getByRole("link", { name: "Books" }).click();
+    await page.getByRole("link", { name: bookName }).click();
+    await page.getByRole("heading", { name: bookName }).waitFor();
+
+    // Search by prefix, typed in lower case.
+    await page.getByLabel("Search codes by prefix").fill(`csv${n}-3`);
+    await page.getByTestId("code-row").filter({ hasText: `CSV${n}-3` }).waitFor();
+    await page.waitForFunction((want) => {
+      const rows = Array.from(document.querySelectorAll("[data-testid=code-row]"));
+      return rows.length > 0 && rows.every((r) => r.textContent?.includes(want));
+    }, `CSV${n}-3`);
+    assert.equal(await page.getByTestId("code-row").count(), 1, "only the matching code is listed");
+    await shot(page, "18-code-search");
+
+    // Export: the download is the book's CSV, every code in it once.
+    const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export CSV" }).click()]);
+    const csv = readFileSync((await download.path())!, "utf8");
+    const lines = csv.trim().split("\r\n");
+    assert.equal(lines[0], "code,state,owner_user_id,assign_time,expire_time,use_count,max_uses");
+    assert.deepEqual(lines.slice(1).map((l) => l.split(",")[0]).sort(), [...codes].sort());
+    assert.match(download.suggestedFilename(), /^CSV_book_\d+\.csv$/);
+
+    // Import a list with one code already in the book: the others are added, that one is named.
+    await page.getByLabel("Codes (one per line, or comma-separated)").fill(`${codes[0]}\nNEW${n}-1, NEW${n}-2`);
+    await page.getByRole("button", { name: "Import 3 codes" }).click();
+    await page.getByRole("status").filter({ hasText: `Imported 2. Already present: ${codes[0]}.` }).waitFor();
+    await shot(page, "19-imported");
+    assert.deepEqual((await vouchers.listVouchers({ bookId: book!.id, codePrefix: `NEW${n}` }, adminBearer)).vouchers.map((v) => v.code).sort(), [`NEW${n}-1`, `NEW${n}-2`]);
+
+    // The failed provider request, retried from the console, is delivered.
+    await page.getByRole("link", { name: "Provider requests", exact: true }).click();
+    await page.getByLabel("State").selectOption({ label: "Failed" });
+    const failedRow = page.getByRole("row").filter({ hasText: phoneNumber });
+    await failedRow.getByRole("button", { name: "Retry" }).click();
+    await page.getByLabel("State").selectOption({ label: "Delivered" });
+    await page.getByRole("row").filter({ hasText: phoneNumber }).filter({ hasText: "Delivered" }).waitFor({ timeout: 20_000 });
+    await shot(page, "20-provider-retried");
+    const { codeRequests } = await providers.listCodeRequests({ pageSize: 100 }, adminBearer);
+    const mine = codeRequests.filter((r) => r.phoneNumber === phoneNumber);
+    assert.deepEqual(mine.map((r) => r.state).sort(), [CodeRequestState.DELIVERED, CodeRequestState.FAILED].sort(), "the failed request stays failed; its retry is delivered");
     assert.deepEqual(problems, []);
   } finally {
     await page.close();
