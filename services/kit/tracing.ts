@@ -17,7 +17,7 @@ import {
   type TextMapGetter,
   type TextMapSetter,
 } from "@opentelemetry/api";
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 
 const tracer = () => trace.getTracer("vouch");
 
@@ -96,8 +96,30 @@ export const traceClientInterceptor: Interceptor = (next) => async (req) => {
   });
   const ctx = trace.setSpan(context.active(), span);
   propagation.inject(ctx, req.header, headersSetter);
-  return runInSpan(span, ctx, () => next(req));
+  if (!req.stream) return runInSpan(span, ctx, () => next(req));
+  // A stream's outcome is known only when its last message has been read (or it failed, or
+  // the caller stopped reading): the response headers are only its start.
+  let res: StreamResponse;
+  try {
+    res = (await context.with(ctx, () => next(req))) as StreamResponse;
+  } catch (err) {
+    endWith(span, err);
+    throw err;
+  }
+  return { ...res, message: endSpanWhenDone(span, res.message) };
 };
+
+async function* endSpanWhenDone<T>(span: Span, messages: AsyncIterable<T>): AsyncIterable<T> {
+  let failure: unknown;
+  try {
+    yield* messages;
+  } catch (err) {
+    failure = err;
+    throw err;
+  } finally {
+    endWith(span, failure);
+  }
+}
 
 /**
  * Handles one event delivery inside a CONSUMER span whose parent is the producer's trace
