@@ -53,6 +53,23 @@ async function shot(page: Page, name: string) {
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
 
+async function signInAsAdmin(page: Page) {
+  await page.goto(`${edgeUrl}/login`);
+  await page.getByLabel("Username, email or phone number").fill(ADMIN.username);
+  await page.getByLabel("Password").fill(ADMIN.password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+}
+
+/** A new page with the admin signed in, and the page errors it collects. */
+async function signedInAdminPage(): Promise<{ page: Page; problems: string[] }> {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems: string[] = [];
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  await signInAsAdmin(page);
+  return { page, problems };
+}
+
 before(async () => {
   if (!existsSync(CHROMIUM)) return;
   mkdirSync(ARTIFACTS, { recursive: true });
@@ -235,15 +252,8 @@ test("an admin rolls back a customer's redemption with a reason and makes the cu
   await vouchers.redeemVoucher({ code, orderReference, orderAmount: order, requestId: crypto.randomUUID() }, bearer);
   assert.equal((await vouchers.validateVoucher({ code, orderAmount: order }, bearer)).valid, false, "spent");
 
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  const problems: string[] = [];
-  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  const { page, problems } = await signedInAdminPage();
   try {
-    await page.goto(`${edgeUrl}/login`);
-    await page.getByLabel("Username, email or phone number").fill(ADMIN.username);
-    await page.getByLabel("Password").fill(ADMIN.password);
-    await page.getByRole("button", { name: "Sign in" }).click();
-    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
 
     await page.getByRole("link", { name: "Redemptions", exact: true }).click();
     await page.getByLabel("Code", { exact: true }).fill(code.toLowerCase());
@@ -301,15 +311,8 @@ test("an admin searches a book's codes, exports them as CSV, imports a list told
   }
   await sim({ default: fast }); // the provider recovers
 
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  const problems: string[] = [];
-  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  const { page, problems } = await signedInAdminPage();
   try {
-    await page.goto(`${edgeUrl}/login`);
-    await page.getByLabel("Username, email or phone number").fill(ADMIN.username);
-    await page.getByLabel("Password").fill(ADMIN.password);
-    await page.getByRole("button", { name: "Sign in" }).click();
-    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
     await page.getByRole("link", { name: "Books" }).click();
     await page.getByRole("link", { name: bookName }).click();
     await page.getByRole("heading", { name: bookName }).waitFor();
@@ -380,11 +383,7 @@ test("a refresh that fails offline or rate limited keeps the session and is retr
       if (answer === "refused") return connectError(401, "unauthenticated");
       return route.continue();
     });
-    await page.goto(`${edgeUrl}/login`);
-    await page.getByLabel("Username, email or phone number").fill(ADMIN.username);
-    await page.getByLabel("Password").fill(ADMIN.password);
-    await page.getByRole("button", { name: "Sign in" }).click();
-    await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+    await signInAsAdmin(page);
     const signedIn = await stored();
     assert.ok(signedIn);
 
