@@ -12,9 +12,13 @@
 //   safety net for a lost listener connection.
 // - batched: a wake-up waits notifyDebounceMs for the rest of a burst of commits, so many
 //   commits at once cost one claim-publish-mark transaction, not one each.
+// - cheap: that transaction is two round trips on the relay's own connection, not four
+//   (`BEGIN; SELECT … FOR UPDATE SKIP LOCKED`, then `UPDATE …; COMMIT`, each one message of
+//   the simple protocol). At a few events per second nearly every event is a batch of its
+//   own, so this halves what the relay adds to each event's cost.
 import { headers as natsHeaders, type NatsConnection } from "nats";
 import pg from "pg";
-import { sql, type Kysely } from "kysely";
+import type { Kysely } from "kysely";
 import type { Registry } from "prom-client";
 import { assertIdentifier } from "../db.js";
 import type { Logger } from "../log.js";
@@ -112,20 +116,28 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       sleepers.add(sleeper);
     });
 
-  async function publishBatch(): Promise<{ claimed: number; error?: unknown }> {
-    pendingWake = false;
-    const outcome = await db.transaction().execute(async (trx) => {
-      const rows = (await trx
-        .selectFrom("outbox")
-        .select(["id", "subject", "payload", "headers", "created_at"])
-        .where("published_at", "is", null)
-        .orderBy("created_at")
-        .orderBy("id")
-        .limit(batchSize)
-        .forUpdate()
-        .skipLocked()
-        .execute()) as ClaimedRow[];
-      if (rows.length === 0) return { claimed: 0 };
+  // The claim-publish-mark transaction's own connection (a pool of one, so a connection that
+  // broke is replaced): its statements go several to a message, which needs a raw client.
+  const claims = new pg.Pool({ connectionString: opts.databaseUrl, max: 1, idleTimeoutMillis: 30_000, application_name: `vouch-${schema}-outbox-relay` });
+  claims.on("error", () => {}); // an idle connection that broke: the pool drops it, the next batch reconnects
+  const outbox = `${schema}.outbox`;
+  const claimSql =
+    `BEGIN; SELECT id, subject, payload, headers, created_at FROM ${outbox} WHERE published_at IS NULL ` +
+    `ORDER BY created_at, id LIMIT ${batchSize} FOR UPDATE SKIP LOCKED`;
+
+  async function claimPublishMark() {
+    const client = await claims.connect();
+    try {
+      // Several statements in one simple-protocol message take no parameters. Nothing here
+      // comes from outside: the table name is an identifier checked above, the batch size a
+      // number, the ids this outbox's own, quoted by pg.
+      const [, claimed] = (await client.query(claimSql)) as unknown as pg.QueryResult<ClaimedRow>[];
+      const rows = claimed.rows;
+      if (rows.length === 0) {
+        await client.query("COMMIT");
+        client.release();
+        return { claimed: 0 };
+      }
       // Publish the batch pipelined; one connection keeps them in order on the wire.
       const results = await Promise.allSettled(
         rows.map((row) => {
@@ -136,23 +148,30 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       );
       const ok = rows.filter((_, i) => results[i].status === "fulfilled");
       const failed = rows.filter((_, i) => results[i].status === "rejected");
-      if (ok.length) {
-        await trx
-          .updateTable("outbox")
-          .set({ published_at: sql<Date>`clock_timestamp()` })
-          .where("id", "in", ok.map((r) => r.id))
-          .execute();
-      }
-      if (failed.length) {
-        await trx
-          .updateTable("outbox")
-          .set((eb) => ({ attempts: eb("attempts", "+", 1) }))
-          .where("id", "in", failed.map((r) => r.id))
-          .execute();
-      }
+      const ids = (batch: ClaimedRow[]) => batch.map((r) => client.escapeLiteral(r.id)).join(", ");
+      await client.query(
+        [
+          ok.length && `UPDATE ${outbox} SET published_at = clock_timestamp() WHERE id IN (${ids(ok)})`,
+          failed.length && `UPDATE ${outbox} SET attempts = attempts + 1 WHERE id IN (${ids(failed)})`,
+          "COMMIT",
+        ]
+          .filter(Boolean)
+          .join("; "),
+      );
+      client.release();
       const firstError = results.find((r): r is PromiseRejectedResult => r.status === "rejected")?.reason;
       return { claimed: rows.length, ok, failedCount: failed.length, error: firstError };
-    });
+    } catch (err) {
+      // Whatever state the session is in (a transaction open, a broken socket), it is not
+      // given back: closing it rolls back and releases the claimed rows.
+      client.release(err instanceof Error ? err : true);
+      throw err;
+    }
+  }
+
+  async function publishBatch(): Promise<{ claimed: number; error?: unknown }> {
+    pendingWake = false;
+    const outcome = await claimPublishMark();
     // Metrics only after the marks are committed.
     if ("ok" in outcome && outcome.ok) {
       const now = Date.now();
@@ -284,6 +303,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
         for (const s of sleepers) s.finish();
         await listener?.end().catch(() => {});
         await Promise.all([running, listening]);
+        await claims.end().catch(() => {});
         log.debug("outbox relay stopped");
       })();
       return stopped;

@@ -6,6 +6,7 @@ import { after, before, describe, test } from "node:test";
 import { StringValueSchema } from "@bufbuild/protobuf/wkt";
 import { sql, type Generated, type Kysely } from "kysely";
 import { headers as natsHeaders, type NatsConnection } from "nats";
+import pg from "pg";
 import { Registry } from "prom-client";
 import { createDb } from "../db.js";
 import {
@@ -187,6 +188,8 @@ describe("transactional outbox", () => {
     await waitFor("failed publish attempts", async () => (await metricValue(registry, "vouch_outbox_publish_failures_total")) > 0);
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(await unpublished(db), 5, "nothing is marked published while NATS is down");
+    const attempts = await db.selectFrom("outbox").select("attempts").where("id", "in", during).execute();
+    assert.ok(attempts.every((r) => r.attempts >= 1), `each failed publish is counted: ${JSON.stringify(attempts)}`);
     assert.ok((await metricValue(registry, "vouch_outbox_oldest_pending_seconds", { schema })) > 0, "the lag gauge shows the backlog");
 
     await server.start();
@@ -213,6 +216,32 @@ describe("transactional outbox", () => {
     assert.equal((await readStream(nc, stream)).length, ids.length);
     const batches = await metricValue(registry, "vouch_outbox_batches_total", { schema });
     assert.ok(batches >= 1 && batches <= 2, `20 separate commits went out in ${batches} batches`);
+  });
+
+  test("a claim-publish-mark transaction is two round trips on the relay's own connection", async () => {
+    const { db, schema } = await freshService("roundtrips");
+    const { stream, subjectPrefix } = await freshStream("roundtrips");
+    // Every message the relay's connection sends (pg's real client, watched, not replaced).
+    const sent: string[] = [];
+    const query = pg.Client.prototype.query;
+    pg.Client.prototype.query = function (this: pg.Client & { connectionParameters: { application_name?: string } }, ...args: unknown[]) {
+      if (this.connectionParameters.application_name === `vouch-${schema}-outbox-relay`) sent.push(String(typeof args[0] === "string" ? args[0] : (args[0] as { text: string }).text));
+      return (query as (...a: unknown[]) => unknown).apply(this, args);
+    } as typeof query;
+    defer(query, async (original) => {
+      pg.Client.prototype.query = original;
+    });
+    const registry = new Registry();
+    relay({ db, schema, subjectPrefix, registry, pollMs: 60_000, notifyDebounceMs: 0 });
+    await new Promise((r) => setTimeout(r, 200)); // the listener is connected
+
+    const ids = await enqueueBatch(db, Array.from({ length: 20 }, (_, i) => `one commit ${i}`));
+    await waitFor("the commit published", async () => (await unpublished(db)) === 0, 5_000);
+    assert.equal((await readStream(nc, stream)).length, ids.length);
+    const claims = sent.filter((q) => q.startsWith("BEGIN;")).length;
+    assert.ok(claims >= 1, "the relay claims on its own connection");
+    assert.equal(sent.length, 2 * claims, `two messages per transaction: ${JSON.stringify(sent.map((q) => q.slice(0, 40)))}`);
+    assert.ok(sent.some((q) => q.startsWith("UPDATE") && q.endsWith("COMMIT")), "the marks and the commit go in one message");
   });
 
   test("never publishes an event written in a rolled-back transaction", async () => {
