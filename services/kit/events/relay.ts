@@ -118,7 +118,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   // The claim-publish-mark transaction's own connection (a pool of one, so a connection that
   // broke is replaced): its statements go several to a message, which needs a raw client.
-  const claims = new pg.Pool({ connectionString: opts.databaseUrl, max: 1, idleTimeoutMillis: 30_000, application_name: `vouch-${schema}-outbox-relay` });
+  const claims = new pg.Pool({ connectionString: opts.databaseUrl, max: 1, idleTimeoutMillis: 30_000, connectionTimeoutMillis: 10_000, application_name: `vouch-${schema}-outbox-relay` });
   claims.on("error", () => {}); // an idle connection that broke: the pool drops it, the next batch reconnects
   const outbox = `${schema}.outbox`;
   const claimSql =
