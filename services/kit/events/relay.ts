@@ -119,7 +119,11 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   // The claim-publish-mark transaction's own connection (a pool of one, so a connection that
   // broke is replaced): its statements go several to a message, which needs a raw client.
   const claims = new pg.Pool({ connectionString: opts.databaseUrl, max: 1, idleTimeoutMillis: 30_000, connectionTimeoutMillis: 10_000, application_name: `vouch-${schema}-outbox-relay` });
-  claims.on("error", () => {}); // an idle connection that broke: the pool drops it, the next batch reconnects
+  // A connection that breaks (Postgres restarting) emits 'error': idle, on the pool, which
+  // drops it; checked out, on the client, where without a listener it would crash the
+  // process. The query in flight fails too, and the loop backs off and reconnects.
+  claims.on("error", () => {});
+  claims.on("connect", (client) => client.on("error", () => {}));
   const outbox = `${schema}.outbox`;
   const claimSql =
     `BEGIN; SELECT id, subject, payload, headers, created_at FROM ${outbox} WHERE published_at IS NULL ` +
