@@ -6,6 +6,7 @@ import { after, before, describe, test } from "node:test";
 import { StringValueSchema } from "@bufbuild/protobuf/wkt";
 import { sql, type Generated, type Kysely } from "kysely";
 import { headers as natsHeaders, type NatsConnection } from "nats";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import pg from "pg";
 import { Registry } from "prom-client";
 import { createDb } from "../db.js";
@@ -242,6 +243,44 @@ describe("transactional outbox", () => {
     assert.ok(claims >= 1, "the relay claims on its own connection");
     assert.equal(sent.length, 2 * claims, `two messages per transaction: ${JSON.stringify(sent.map((q) => q.slice(0, 40)))}`);
     assert.ok(sent.some((q) => q.startsWith("UPDATE") && q.endsWith("COMMIT")), "the marks and the commit go in one message");
+  });
+
+  test("a relay whose connection breaks mid-batch fails that batch, stays up, and publishes on the next", async () => {
+    const { db, schema } = await freshService("cut");
+    const { stream, subjectPrefix } = await freshStream("cut");
+    // The relay reaches Postgres through a TCP proxy whose sockets this test can reset.
+    const sockets = new Set<Socket>();
+    const proxy = createServer((client) => {
+      const upstream = connect(5432, "127.0.0.1");
+      for (const s of [client, upstream]) {
+        sockets.add(s);
+        s.on("error", () => {});
+        s.on("close", () => sockets.delete(s));
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    defer(proxy, (p) => new Promise((r) => p.close(r)));
+    const url = new URL(testDb.url);
+    url.host = `127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    const app = `vouch-${schema}-outbox-relay`;
+    // Hold the outbox locked, so the relay's next claim waits on it with its connection checked out.
+    await db.connection().execute(async (conn) => {
+      await sql`BEGIN`.execute(conn);
+      await sql.raw(`LOCK TABLE ${schema}.outbox IN ACCESS EXCLUSIVE MODE`).execute(conn);
+      relay({ db, schema, subjectPrefix, databaseUrl: url.toString(), pollMs: 50, minBackoffMs: 50 });
+      await waitFor("the relay's claim waiting on the lock", async () => {
+        const { rows } = await sql`SELECT 1 FROM pg_stat_activity WHERE application_name = ${app} AND wait_event_type = 'Lock'`.execute(db);
+        return rows.length > 0;
+      }, 5_000);
+      // The network drops the relay's connections: a reset, no goodbye from the server.
+      for (const s of sockets) s.resetAndDestroy();
+      await sql`COMMIT`.execute(conn);
+    });
+    // Had the broken connection's 'error' gone unheard, this process would have died here.
+    const [id] = await enqueueBatch(db, ["after the cut"]);
+    await waitFor("published on a new connection", async () => (await unpublished(db)) === 0, 5_000);
+    assert.deepEqual((await readStream(nc, stream)).map((e) => e.msgId), [id]);
   });
 
   test("never publishes an event written in a rolled-back transaction", async () => {
