@@ -10,7 +10,17 @@ import { Code, VouchError, alreadyExists, failedPrecondition, notFound, permissi
 import type { Logger } from "../kit/log.js";
 import type { RateLimiter } from "../kit/ratelimit.js";
 import type { Redis } from "../kit/redis.js";
-import { bookCurrency, computeDiscount, whyUnusable, type Money, type Unusable, type Voucher, type VoucherState } from "./domain/model.js";
+import {
+  bookCurrency,
+  computeDiscount,
+  foreignReservation,
+  whyUnusable,
+  type Money,
+  type PresentedReservation,
+  type Unusable,
+  type Voucher,
+  type VoucherState,
+} from "./domain/model.js";
 import type { Idempotency, OnceOutcome as Outcome } from "../kit/idempotency.js";
 import * as booksStore from "./store/books.js";
 import type { VoucherDB } from "./store/schema.js";
@@ -85,11 +95,6 @@ export function unusableError(why: Unusable, v: Voucher | undefined): VouchError
   }
 }
 
-/** A presented reservation that cannot be for this code and user at all (checked before anything else). */
-const foreignReservation = (r: ReservationRow | undefined, code: string, userId: string) => !r || r.userId !== userId || r.code !== code;
-/** The code has been leased again since the reservation: its fence moved on. */
-const supersededReservation = (r: ReservationRow | undefined, v: Voucher | undefined) => !!r && !!v && v.fence > r.fence;
-
 export class Vouchers {
   private readonly qrCache = new Map<string, Promise<{ png: Buffer; svg: string }>>();
 
@@ -107,10 +112,16 @@ export class Vouchers {
   }
 
   /** Says why a refused reserve/redeem was refused; the rules are ValidateVoucher's. */
-  private async explain(trx: Kysely<VoucherDB>, code: string, userId: string, order: Money | undefined, opts: { heldFence?: bigint; chargeMisses?: boolean } = {}): Promise<never> {
-    const { heldFence, chargeMisses = false } = opts;
+  private async explain(
+    trx: Kysely<VoucherDB>,
+    code: string,
+    userId: string,
+    order: Money | undefined,
+    opts: { reservation?: PresentedReservation; chargeMisses?: boolean } = {},
+  ): Promise<never> {
+    const { reservation, chargeMisses = false } = opts;
     const look = await store.findByCode(trx, code, userId);
-    const why = whyUnusable(look.voucher, { userId, now: look.now, userRedemptions: look.userRedemptions, order, heldFence });
+    const why = whyUnusable(look.voucher, { code, userId, now: look.now, userRedemptions: look.userRedemptions, order, reservation });
     // A redeem that misses tells the caller whether a code exists (and whose it is): each
     // miss costs from the same per-user budget as ValidateVoucher (reserve pays up front),
     // so guessing codes through RedeemVoucher is throttled too; a redeem that succeeds never is.
@@ -218,13 +229,9 @@ export class Vouchers {
    */
   async validate(code: string, userId: string, order: Money | undefined, reservationToken?: string): Promise<Validation> {
     await this.deps.limiter.enforce(userId);
-    const reservation = reservationToken ? await store.findReservation(this.db, hashToken(reservationToken)) : undefined;
-    if (reservationToken && foreignReservation(reservation, code, userId)) return { unusable: "RESERVATION_INVALID" };
+    const reservation = reservationToken ? ((await store.findReservation(this.db, hashToken(reservationToken))) ?? null) : undefined;
     const look = await store.findByCode(this.db, code, userId);
-    if (supersededReservation(reservation, look.voucher)) return { unusable: "RESERVATION_STALE" };
-    const unusable =
-      whyUnusable(look.voucher, { userId, now: look.now, userRedemptions: look.userRedemptions, order, heldFence: reservation?.fence }) ??
-      (reservation && (reservation.releasedAt || reservation.usedAt) ? "RESERVATION_INVALID" : null);
+    const unusable = whyUnusable(look.voucher, { code, userId, now: look.now, userRedemptions: look.userRedemptions, order, reservation });
     if (unusable) return { unusable };
     return { unusable: null, voucher: look.voucher, discount: order && computeDiscount(look.voucher!.book.discount, order) };
   }
@@ -294,7 +301,8 @@ export class Vouchers {
       let reservation: ReservationRow | undefined;
       if (input.reservationToken) {
         reservation = await store.findReservation(trx, hashToken(input.reservationToken));
-        if (foreignReservation(reservation, code, userId)) throw unusableError("RESERVATION_INVALID", undefined);
+        // Before the write: a foreign reservation's fence could match this code's by chance.
+        if (foreignReservation(reservation ?? null, code, userId)) throw unusableError("RESERVATION_INVALID", undefined);
       }
       const redemptionId = newId();
       const { voucher, reservationUsed, counted, redemption } = await store.redeemOnce(trx, {
@@ -306,10 +314,7 @@ export class Vouchers {
         orderReference: input.orderReference,
       });
       if (!voucher) {
-        if (reservation && supersededReservation(reservation, (await store.findByCode(trx, code, userId)).voucher)) {
-          throw unusableError("RESERVATION_STALE", undefined);
-        }
-        return this.explain(trx, code, userId, order, { heldFence: reservation?.fence, chargeMisses: true });
+        return this.explain(trx, code, userId, order, { reservation, chargeMisses: true });
       }
       // A refusal below throws, and the transaction takes the use back.
       if (reservation && !reservationUsed) throw unusableError("RESERVATION_INVALID", voucher);

@@ -103,30 +103,51 @@ export type Unusable =
 /** What is wrong with a reservation token presented with a code (redeem, validate). */
 export type ReservationProblem = "RESERVATION_INVALID" | "RESERVATION_STALE";
 
+/** The reservation a token stands for, as the rules need it. */
+export interface PresentedReservation {
+  userId: string;
+  code: string;
+  fence: bigint;
+  releasedAt: Date | null;
+  usedAt: Date | null;
+}
+
+/** A presented token that cannot stand for this code and user: it matches no reservation (null), or another's. */
+export const foreignReservation = (r: PresentedReservation | null, code: string, userId: string) => !r || r.userId !== userId || r.code !== code;
+
 export interface UsabilityQuestion {
+  /** The code as asked for (normalised). */
+  code: string;
   userId: string;
   now: Date;
   /** The user's redemptions in effect in the voucher's book. */
   userRedemptions: number;
   order?: Money;
-  /** The fencing token of the caller's reservation, when it holds one: then its own lease is no obstacle. */
-  heldFence?: bigint;
+  /**
+   * The reservation whose token came with the code: undefined when none came, null when the
+   * token matches none. While it is the code's latest, its own lease is no obstacle.
+   */
+  reservation?: PresentedReservation | null;
 }
 
 export function whyUnusable(v: Voucher | undefined, q: UsabilityQuestion): Unusable | null {
+  const r = q.reservation;
+  if (r !== undefined && foreignReservation(r, q.code, q.userId)) return "RESERVATION_INVALID";
+  if (r && v && v.fence > r.fence) return "RESERVATION_STALE";
   if (!v || v.ownerUserId === null) return "UNKNOWN_CODE";
   if (v.ownerUserId !== q.userId) return "NOT_OWNER";
   if (v.book.state !== "active") return "BOOK_NOT_ACTIVE";
   if (v.book.startAt && q.now.getTime() < v.book.startAt.getTime()) return "NOT_STARTED";
   if (isExpired(v, q.now)) return "EXPIRED";
   if (v.useCount >= v.book.usesPerCode) return "ALREADY_REDEEMED";
-  if (q.heldFence === undefined ? leaseLive(v, q.now) : v.fence !== q.heldFence) return "RESERVED_BY_OTHER";
+  if (!r && leaseLive(v, q.now)) return "RESERVED_BY_OTHER";
   if (v.book.maxRedemptionsPerUser > 0 && q.userRedemptions >= v.book.maxRedemptionsPerUser) return "USER_LIMIT_REACHED";
   if (q.order) {
     const currency = bookCurrency(v.book);
     if (currency !== null && currency !== q.order.currency) return "CURRENCY_MISMATCH";
     if (v.book.minimumOrder && q.order.minor < v.book.minimumOrder.minor) return "MINIMUM_NOT_MET";
   }
+  if (r && (r.releasedAt || r.usedAt)) return "RESERVATION_INVALID";
   return null;
 }
 
