@@ -33,28 +33,35 @@ export interface CreateDbOptions {
 
 export function createDb<DB>(opts: CreateDbOptions): Kysely<DB> {
   const schema = assertIdentifier(opts.schema, "schema");
+  const pool = createPool({ ...opts, applicationName: opts.applicationName ?? `vouch-${schema}`, options: `-c search_path=${schema}` });
+  pool.on("connect", runMarkedStatementsPrepared);
+  return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+}
+
+/**
+ * A pg pool that survives Postgres going away: for kysely (createDb) and for the few places
+ * that need a raw client (the outbox relay's multi-statement messages).
+ */
+export function createPool(opts: { url: string; max?: number; applicationName: string; options?: string; log?: Logger }): pg.Pool {
   const log = opts.log ?? createLogger("db");
   const pool = new pg.Pool({
     connectionString: opts.url,
     max: opts.max ?? 10,
-    options: `-c search_path=${schema}`,
-    application_name: opts.applicationName ?? `vouch-${schema}`,
+    options: opts.options,
+    application_name: opts.applicationName,
     idleTimeoutMillis: 30_000,
     connectionTimeoutMillis: 10_000,
   });
   // An idle client whose server went away emits 'error' on the pool; without a listener
   // that is an uncaught exception. The pool already discards the client, so we only log.
   pool.on("error", (err) =>
-    log.warn({ err: { message: err.message, code: (err as { code?: string }).code }, schema }, "postgres pool: idle connection failed"),
+    log.warn({ err: { message: err.message, code: (err as { code?: string }).code }, pool: opts.applicationName }, "postgres pool: idle connection failed"),
   );
   // A checked-out client has no pool listener: when the server goes away mid-query (a
   // Postgres restart) the query fails through its promise *and* the client emits 'error',
   // which without a listener is an uncaught exception that kills the process.
-  pool.on("connect", (client) => {
-    client.on("error", () => {});
-    runMarkedStatementsPrepared(client);
-  });
-  return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+  pool.on("connect", (client) => client.on("error", () => {}));
+  return pool;
 }
 
 const PREPARED_MARK = "/* vouch:prepared */ ";

@@ -8,12 +8,12 @@
 // handles SIGTERM.
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import pg from "pg";
 import type { Interceptor } from "@connectrpc/connect";
 import { CodeReceivedSchema } from "../../gen/vouch/events/v1/events_pb.js";
 import { VoucherService } from "../../gen/vouch/voucher/v1/voucher_pb.js";
 import type { TokenVerifier } from "../kit/auth.js";
 import { loadConfig, type Config } from "../kit/config.js";
+import { createPool } from "../kit/db.js";
 import { startConsumer } from "../kit/events/index.js";
 import { serve, startPlatform, type Platform } from "../kit/platform.js";
 import { createRateLimiter } from "../kit/ratelimit.js";
@@ -63,14 +63,13 @@ export async function startVoucher(config: Config, settings: VoucherSettings, op
   try {
     const { db, redis, nc, log, metrics } = platform;
     // COPY needs a raw pg connection, which the kit's kysely pool does not hand out.
-    const copyPool = new pg.Pool({
-      connectionString: config.databaseUrl,
+    const copyPool = createPool({
+      url: config.databaseUrl,
       max: Math.max(2, settings.generationConcurrency),
       options: `-c search_path=${config.dbSchema}`,
-      application_name: `vouch-${config.dbSchema}-generation`,
+      applicationName: `vouch-${config.dbSchema}-generation`,
+      log,
     });
-    copyPool.on("error", (err) => log.warn({ err: err.message }, "generation pool: idle connection failed"));
-    copyPool.on("connect", (client) => client.on("error", () => {})); // see kit/db.ts: a checked-out client's 'error' must not crash us
     platform.onClose(() => copyPool.end());
 
     const limiter = createRateLimiter(redis, {

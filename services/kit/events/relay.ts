@@ -20,7 +20,7 @@ import { headers as natsHeaders, type NatsConnection } from "nats";
 import pg from "pg";
 import type { Kysely } from "kysely";
 import type { Registry } from "prom-client";
-import { assertIdentifier } from "../db.js";
+import { assertIdentifier, createPool } from "../db.js";
 import type { Logger } from "../log.js";
 import { counter, gauge, histogram, LATENCY_BUCKETS } from "./metrics.js";
 import { OUTBOX_CHANNEL, type EventTables } from "./outbox.js";
@@ -118,12 +118,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   // The claim-publish-mark transaction's own connection (a pool of one, so a connection that
   // broke is replaced): its statements go several to a message, which needs a raw client.
-  const claims = new pg.Pool({ connectionString: opts.databaseUrl, max: 1, idleTimeoutMillis: 30_000, connectionTimeoutMillis: 10_000, application_name: `vouch-${schema}-outbox-relay` });
-  // A connection that breaks (Postgres restarting) emits 'error': idle, on the pool, which
-  // drops it; checked out, on the client, where without a listener it would crash the
-  // process. The query in flight fails too, and the loop backs off and reconnects.
-  claims.on("error", () => {});
-  claims.on("connect", (client) => client.on("error", () => {}));
+  const claims = createPool({ url: opts.databaseUrl, max: 1, applicationName: `vouch-${schema}-outbox-relay`, log });
   const outbox = `${schema}.outbox`;
   const claimSql =
     `BEGIN; SELECT id, subject, payload, headers, created_at FROM ${outbox} WHERE published_at IS NULL ` +
