@@ -126,6 +126,9 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   async function claimPublishMark() {
     const client = await claims.connect();
+    // A session in an unknown state (a transaction open, a broken socket) is not given back:
+    // closing it rolls back and releases the claimed rows.
+    let broken: Error | undefined;
     try {
       // Several statements in one simple-protocol message take no parameters. Nothing here
       // comes from outside: the table name is an identifier checked above, the batch size a
@@ -134,7 +137,6 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       const rows = claimed.rows;
       if (rows.length === 0) {
         await client.query("COMMIT");
-        client.release();
         return { claimed: 0 };
       }
       // Publish the batch pipelined; one connection keeps them in order on the wire.
@@ -157,14 +159,13 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
           .filter(Boolean)
           .join("; "),
       );
-      client.release();
       const firstError = results.find((r): r is PromiseRejectedResult => r.status === "rejected")?.reason;
       return { claimed: rows.length, ok, failedCount: failed.length, error: firstError };
     } catch (err) {
-      // Whatever state the session is in (a transaction open, a broken socket), it is not
-      // given back: closing it rolls back and releases the claimed rows.
-      client.release(err instanceof Error ? err : true);
+      broken = err instanceof Error ? err : new Error(String(err));
       throw err;
+    } finally {
+      client.release(broken);
     }
   }
 
