@@ -18,6 +18,7 @@ import { observeInterceptor } from "./interceptors.js";
 import { inputGuardInterceptor } from "./input-guard.js";
 import { authInterceptor, type TokenVerifier } from "./auth.js";
 import { clientIpKey } from "./context.js";
+import { createUnaryGrpcPath } from "./unary-grpc.js";
 
 type NodeHandlerArgs = Parameters<NonNullable<ConnectNodeAdapterOptions["fallback"]>>;
 export type NodeRequest = NodeHandlerArgs[0];
@@ -123,21 +124,28 @@ export function createServiceServer(opts: ServiceServerOptions) {
   ];
   const httpRoutes = [...builtinRoutes, ...(opts.httpRoutes ?? [])];
 
-  const rpcs = connectNodeAdapter({
-    routes: (router) => {
+  const interceptors = [
+    observeInterceptor({ domain, log, metrics }),
+    ...(opts.beforeAuth ?? []),
+    authInterceptor(opts.verifier),
+    inputGuardInterceptor(),
+    ...(opts.interceptors ?? []),
+  ];
+  const contextValues = (req: NodeRequest) => createContextValues().set(clientIpKey, clientIp(req, trustForwardedFor));
+  const readMaxBytes = opts.readMaxBytes ?? 4 * 1024 * 1024;
+  // Unary gRPC calls take the lean path; everything else (and every rpc too, registered
+  // twice) is connect-node's. Both see the same interceptors, context values and limits.
+  const unaryGrpc = createUnaryGrpcPath({ interceptors, contextValues, readMaxBytes, shutdownSignal: shutdown.signal });
+  const connectRpcs = connectNodeAdapter({
+    routes: (connectRouter) => {
+      const router = unaryGrpc.record(connectRouter);
       health.routes(router);
       reflectionRoutes([...opts.services, Health])(router);
       opts.routes(router);
     },
-    interceptors: [
-      observeInterceptor({ domain, log, metrics }),
-      ...(opts.beforeAuth ?? []),
-      authInterceptor(opts.verifier),
-      inputGuardInterceptor(),
-      ...(opts.interceptors ?? []),
-    ],
-    contextValues: (req) => createContextValues().set(clientIpKey, clientIp(req, trustForwardedFor)),
-    readMaxBytes: opts.readMaxBytes ?? 4 * 1024 * 1024,
+    interceptors,
+    contextValues,
+    readMaxBytes,
     shutdownSignal: shutdown.signal,
     fallback: (req, res) => {
       const path = (req.url ?? "/").split("?")[0];
@@ -154,6 +162,9 @@ export function createServiceServer(opts: ServiceServerOptions) {
     },
   });
 
+  const rpcs: NodeHandler = (req, res) => {
+    if (!unaryGrpc.take(req, res)) connectRpcs(req, res);
+  };
   const handler = opts.wrapHandler ? opts.wrapHandler(rpcs) : rpcs;
   const h1 = http.createServer(handler);
   // In-flight HTTP/1.1 requests: shutdown waits for them, idle keep-alive sockets it just closes.
