@@ -8,7 +8,7 @@
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { DescService } from "@bufbuild/protobuf";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createServiceTransport } from "../kit/grpc-transport.js";
 import { AuthService } from "../../gen/vouch/auth/v1/auth_pb.js";
 import { PromotionService } from "../../gen/vouch/promotion/v1/promotion_pb.js";
 import { ProviderService } from "../../gen/vouch/provider/v1/provider_pb.js";
@@ -19,7 +19,6 @@ import { listen, startPlatform, type Platform } from "../kit/platform.js";
 import { createRateLimiter } from "../kit/ratelimit.js";
 import { createRevocationCheck } from "../kit/revocation.js";
 import type { RunningServer } from "../kit/server.js";
-import { traceClientInterceptor } from "../kit/tracing.js";
 import { consoleRoute } from "./console.js";
 import { createCorsPolicy } from "./cors.js";
 import { forwardService } from "./forward.js";
@@ -69,7 +68,7 @@ export async function startEdge(config: Config, settings: EdgeSettings, opts: { 
       routes: (router) => {
         for (const [service, peer] of FRONTED) {
           // One HTTP/2 connection per service, multiplexing every forwarded call.
-          const transport = createGrpcTransport({ baseUrl: config.peers[peer], interceptors: [traceClientInterceptor] });
+          const transport = createServiceTransport({ baseUrl: config.peers[peer] });
           forwardService(router, service, transport, { defaultTimeoutMs: settings.defaultTimeoutMs });
         }
       },

@@ -3,12 +3,11 @@
 // voucher's ACCESS_SERVICE rpcs (IssueVoucher):
 //
 //   const tokens = createServiceTokenSource({ authUrl: config.peers.auth, ...serviceCredentials("promotion") });
-//   const voucher = createClient(VoucherService, createGrpcTransport({ baseUrl: config.peers.voucher, interceptors: [tokens.interceptor] }));
+//   const voucher = createClient(VoucherService, createServiceTransport({ baseUrl: config.peers.voucher, interceptors: [tokens.interceptor] }));
 import { createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createServiceTransport } from "./grpc-transport.js";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { AuthService } from "../../gen/vouch/auth/v1/auth_pb.js";
-import { traceClientInterceptor } from "./tracing.js";
 
 type Env = Record<string, string | undefined>;
 
@@ -36,7 +35,7 @@ export interface ServiceTokenSource {
 
 export function createServiceTokenSource(opts: ServiceCredentials & { authUrl: string; renewBeforeMs?: number }): ServiceTokenSource {
   const renewBeforeMs = opts.renewBeforeMs ?? 60_000;
-  const auth = createClient(AuthService, createGrpcTransport({ baseUrl: opts.authUrl, interceptors: [traceClientInterceptor] }));
+  const auth = createClient(AuthService, createServiceTransport({ baseUrl: opts.authUrl }));
   let cached: { token: string; expiresAt: number } | undefined;
   let pending: Promise<string> | undefined;
 

@@ -6,7 +6,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createServiceTransport } from "../kit/grpc-transport.js";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import type { Discount as DiscountMessage } from "../../gen/vouch/type/v1/discount_pb.js";
 import type { Money as MoneyMessage } from "../../gen/vouch/type/v1/money_pb.js";
@@ -18,7 +18,6 @@ import {
 } from "../../gen/vouch/voucher/v1/voucher_pb.js";
 import { VouchError } from "../kit/errors.js";
 import { createServiceTokenSource, serviceCredentials } from "../kit/service-token.js";
-import { traceClientInterceptor } from "../kit/tracing.js";
 import type { Discount, Money } from "./domain/model.js";
 
 export type VoucherClient = Client<typeof VoucherService>;
@@ -114,7 +113,7 @@ export interface VoucherGateway {
 
 export function createVoucherGateway(opts: VoucherGatewayOptions): VoucherGateway {
   const tokens = createServiceTokenSource({ authUrl: opts.authUrl, ...serviceCredentials("promotion", opts.env) });
-  const client = createClient(VoucherService, createGrpcTransport({ baseUrl: opts.voucherUrl, interceptors: [traceClientInterceptor, tokens.interceptor] }));
+  const client = createClient(VoucherService, createServiceTransport({ baseUrl: opts.voucherUrl, interceptors: [tokens.interceptor] }));
   const call = { timeoutMs: opts.timeoutMs };
 
   return {
