@@ -18,7 +18,8 @@ import { spawn } from "node:child_process";
 import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import { createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { createServiceTransport } from "../services/kit/grpc-transport.js";
 import { Agent } from "node:http";
 import { Redis } from "ioredis";
 import pg from "pg";
@@ -111,15 +112,12 @@ async function main() {
       await sleep(100);
     }
 
-    // grpc: callers multiplexed over a few HTTP/2 connections, 8 per connection, as the
-    // edge or a peer service calls auth. connect: binary Connect over HTTP/1.1 keep-alive,
-    // one connection per caller.
-    const clients =
-      PROTOCOL === "grpc"
-        ? (() => {
-            const connections = Array.from({ length: Math.ceil(CLIENTS / 8) }, () => createClient(AuthService, createGrpcTransport({ baseUrl: url })));
-            return Array.from({ length: CLIENTS }, (_, i) => connections[i % connections.length]);
-          })()
+    // grpc: every caller on one HTTP/2 connection (a grpc-js channel), as the edge or a peer
+    // service calls auth. connect: binary Connect over HTTP/1.1 keep-alive, one connection per
+    // caller.
+    const grpcClient = PROTOCOL === "grpc" ? createClient(AuthService, createServiceTransport({ baseUrl: url })) : undefined;
+    const clients = grpcClient
+      ? Array.from({ length: CLIENTS }, () => grpcClient)
         : Array.from({ length: CLIENTS }, () =>
             createClient(AuthService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true, nodeOptions: { agent: new Agent({ keepAlive: true, maxSockets: 1 }) } })),
           );

@@ -11,7 +11,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createServiceTransport } from "../services/kit/grpc-transport.js";
 import { AckPolicy, DeliverPolicy } from "nats";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
@@ -40,7 +40,7 @@ const EMPTY_REQUEST = { code: "BENCH-000001", orderAmount: { minorUnits: 10_000n
 export async function emptyGrpcLoad(env: BenchEnvironment, concurrency: number): Promise<{ pid: number; run(seconds: number): Promise<LoadResult> }> {
   const server = await env.start("bench/empty-server.ts");
   const auth = await env.auth("bench-customer");
-  const client = createClient(VoucherService, createGrpcTransport({ baseUrl: server.url }));
+  const client = createClient(VoucherService, createServiceTransport({ baseUrl: server.url }));
   await load({ concurrency, seconds: 1 }, () => client.validateVoucher(EMPTY_REQUEST, auth));
   return { pid: server.child.pid!, run: (seconds) => load({ concurrency, seconds }, () => client.validateVoucher(EMPTY_REQUEST, auth)) };
 }

@@ -28,7 +28,7 @@
 //
 //   npx tsx bench/promotion.ts     (BENCH_LOGINS=10000, BENCH_QUOTA=100; --quick: 1,000 logins)
 import { createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createServiceTransport } from "../services/kit/grpc-transport.js";
 import pg from "pg";
 import { AuthService } from "../gen/vouch/auth/v1/auth_pb.js";
 import { PromotionService } from "../gen/vouch/promotion/v1/promotion_pb.js";
@@ -54,12 +54,11 @@ const platform = await startTestPlatform("bench_storm", ["auth", "voucher", "pro
 const pool = new pg.Pool({ connectionString: platform.env.DATABASE_URL, max: 2 });
 try {
   const pids = [platform.pids.auth, platform.pids.voucher, platform.pids.promotion];
-  // gRPC callers multiplexed over HTTP/2 connections, 8 per connection, as the edge calls auth.
-  const connections = Array.from({ length: CLIENTS / 8 }, () => createClient(AuthService, createGrpcTransport({ baseUrl: platform.urls.auth! })));
-  const auth = (w: number) => connections[w % connections.length];
-  const admin = { headers: { authorization: `Bearer ${(await auth(0).login({ identifier: ADMIN.username, password: ADMIN.password })).accessToken}` } };
-  const promotion: Client<typeof PromotionService> = createClient(PromotionService, createGrpcTransport({ baseUrl: platform.urls.promotion! }));
-  const voucher: Client<typeof VoucherService> = createClient(VoucherService, createGrpcTransport({ baseUrl: platform.urls.voucher! }));
+  // Every gRPC caller on one HTTP/2 connection (a grpc-js channel), as the edge calls auth.
+  const authClient = createClient(AuthService, createServiceTransport({ baseUrl: platform.urls.auth! }));
+  const admin = { headers: { authorization: `Bearer ${(await authClient.login({ identifier: ADMIN.username, password: ADMIN.password })).accessToken}` } };
+  const promotion: Client<typeof PromotionService> = createClient(PromotionService, createServiceTransport({ baseUrl: platform.urls.promotion! }));
+  const voucher: Client<typeof VoucherService> = createClient(VoucherService, createServiceTransport({ baseUrl: platform.urls.voucher! }));
 
   // Users who have never logged in, straight into auth's table.
   const hash = await hashPassword(PASSWORD);
@@ -79,7 +78,7 @@ try {
   /** First logins of `users`, CLIENTS at a time; each must be a first login. */
   const logins = (users: string[], seconds: number): Promise<LoadResult> =>
     load({ concurrency: CLIENTS, seconds, maxCalls: users.length }, async (w, i) => {
-      const r = await auth(w).login({ identifier: users[i], password: PASSWORD });
+      const r = await authClient.login({ identifier: users[i], password: PASSWORD });
       if (!r.firstLogin) throw new Error(`${users[i]}: not a first login`);
     });
   const meter = cpuMeter({ auth: platform.pids.auth!, promotion: platform.pids.promotion!, voucher: platform.pids.voucher!, postgres: isPostgres, nats: isNats, bench: process.pid });

@@ -30,7 +30,8 @@ import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import { fromBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { createServiceTransport } from "../services/kit/grpc-transport.js";
 import { connect } from "nats";
 import pg from "pg";
 import { CodeReceivedSchema } from "../gen/vouch/events/v1/events_pb.js";
@@ -152,7 +153,7 @@ async function main() {
       createClient(
         ProviderService,
         PROTOCOL === "grpc"
-          ? createGrpcTransport({ baseUrl })
+          ? createServiceTransport({ baseUrl })
           : createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: true, nodeOptions: { agent: new http.Agent({ keepAlive: true, maxSockets: CLIENTS }) } }),
       ),
     );

@@ -21,7 +21,7 @@
 // for the ratios (it measures the ceilings first).
 import { randomUUID } from "node:crypto";
 import { createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createServiceTransport } from "../services/kit/grpc-transport.js";
 import { GenerationJobState, VoucherService } from "../gen/vouch/voucher/v1/voucher_pb.js";
 import { emptyGrpcLoad } from "./ceilings.js";
 import { benchEnvironment, cpuMeter, cpuMsPer, isPostgres, isRedis, load, mergeLoads, options, report, row, sampleRss, sumCpu, type CpuSeconds } from "./lib/harness.js";
@@ -37,7 +37,7 @@ try {
   const voucher = await env.start("services/voucher/main.ts", {
     env: { VOUCHER_VALIDATE_RATE_PER_MINUTE: "100000000", VOUCHER_VALIDATE_BURST: "100000" },
   });
-  const client: Client<typeof VoucherService> = createClient(VoucherService, createGrpcTransport({ baseUrl: voucher.url }));
+  const client: Client<typeof VoucherService> = createClient(VoucherService, createServiceTransport({ baseUrl: voucher.url }));
   const admin = await env.auth("bench-admin", ["ADMIN"]);
 
   // Setup: a book of multi-use codes, one per validating user and four per redeeming one.

@@ -3,7 +3,7 @@
 // connect-node serves them correctly but runs each one through a chain of async iterators,
 // abort controllers and web-standard request objects: on this project's 2-core benchmark
 // machine that was 0.46 ms of server CPU per empty call against 0.08 ms for grpc-js's
-// server (bench/README.md, "the gRPC fast path"). Here the request body is read in one
+// server (docs/benchmarks.md, "gRPC paths"). Here the request body is read in one
 // piece and answered in one write, while everything with meaning is still connect's own:
 // the same interceptors, `invokeUnaryImplementation`, the handler context, message size
 // limits, deadline parsing and the error trailers (`setTrailerStatus`). Anything this path
