@@ -220,7 +220,7 @@ async function main() {
       .join(", ");
     console.log(
       [
-        `auth login benchmark — ${CLIENTS} concurrent clients (${PROTOCOL === "grpc" ? "gRPC over HTTP/2, 8 per connection" : "Connect binary over HTTP/1.1"}) on loopback, ${USERS} users`,
+        `auth login benchmark — ${CLIENTS} concurrent clients (${PROTOCOL === "grpc" ? "gRPC over HTTP/2, one connection" : "Connect binary over HTTP/1.1"}) on loopback, ${USERS} users`,
         `argon2id m=${CURRENT_PARAMS.memoryCost} KiB t=${CURRENT_PARAMS.timeCost} p=${CURRENT_PARAMS.parallelism}, libuv pool ${process.env.UV_THREADPOOL_SIZE ?? 4} threads, ${availableParallelism()} cores; ${ROUNDS} alternating rounds of ${(SECONDS / ROUNDS).toFixed(1)} s each`,
         `raw argon2id verifications/s:         ${rawPerSecond.toFixed(1)}  (rounds: ${raw.rates.map((r) => r.toFixed(0)).join(", ")})`,
         `logins/s at ${CLIENTS} concurrent:            ${loginsPerSecond.toFixed(1)}  (rounds: ${login.rates.map((r) => r.toFixed(0)).join(", ")}; ${sorted.length} logins, ${login.errors} errors)`,
