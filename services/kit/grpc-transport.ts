@@ -46,6 +46,16 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
   const client = new grpc.Client(url.host, credentials, CHANNEL_OPTIONS);
   const interceptors = [traceClientInterceptor, ...(opts.interceptors ?? [])];
 
+  /** What a request says about itself, the same for every kind of call. */
+  const requestOf = <M extends DescMethodUnary | DescMethodStreaming>(method: M, header: HeadersInit | undefined, contextValues: ContextValues | undefined) => ({
+    service: method.parent,
+    method,
+    requestMethod: "POST",
+    url: `${opts.baseUrl}${path(method)}`,
+    header: new Headers(header),
+    contextValues: contextValues ?? createContextValues(),
+  });
+
   return {
     close: () => client.close(),
 
@@ -61,24 +71,13 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
         interceptors,
         signal,
         timeoutMs: positive(timeoutMs),
-        req: {
-          stream: false,
-          service: method.parent,
-          method,
-          requestMethod: "POST",
-          url: `${opts.baseUrl}/${method.parent.typeName}/${method.name}`,
-          header: new Headers(header),
-          contextValues: contextValues ?? createContextValues(),
-          message: input,
-        },
+        req: { stream: false, ...requestOf(method, header, contextValues), message: input },
         next: (req) =>
           new Promise((resolve, reject) => {
             const responseHeader = new Headers();
             const trailer = new Headers();
             const call = client.makeUnaryRequest(
-              path(method),
-              (m: MessageShape<I>) => Buffer.from(toBinary(method.input, m)),
-              (b: Buffer) => fromBinary(method.output, b),
+              ...codecsOf(method),
               req.message,
               toMetadata(req.header),
               callOptions(timeoutMs),
@@ -108,16 +107,7 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
         interceptors,
         signal,
         timeoutMs: positive(timeoutMs),
-        req: {
-          stream: true,
-          service: method.parent,
-          method,
-          requestMethod: "POST",
-          url: `${opts.baseUrl}/${method.parent.typeName}/${method.name}`,
-          header: new Headers(header),
-          contextValues: contextValues ?? createContextValues(),
-          message: input,
-        },
+        req: { stream: true, ...requestOf(method, header, contextValues), message: input },
         next: async (req) => {
           if (method.methodKind !== "server_streaming") {
             throw new ConnectError(`${method.methodKind} calls are not made by Vouch services`, Code.Unimplemented);
@@ -126,9 +116,7 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
           const responseHeader = new Headers();
           const trailer = new Headers();
           const call = client.makeServerStreamRequest(
-            path(method),
-            (m: MessageShape<I>) => Buffer.from(toBinary(method.input, m)),
-            (b: Buffer) => fromBinary(method.output, b),
+            ...codecsOf(method),
             first,
             toMetadata(req.header),
             callOptions(timeoutMs),
@@ -155,6 +143,11 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
 }
 
 const path = (method: { parent: { typeName: string }; name: string }) => `/${method.parent.typeName}/${method.name}`;
+
+/** The path and the binary codecs grpc-js asks for, in the order it takes them. */
+function codecsOf<I extends DescMessage, O extends DescMessage>(method: { parent: { typeName: string }; name: string; input: I; output: O }) {
+  return [path(method), (m: MessageShape<I>) => Buffer.from(toBinary(method.input, m)), (b: Buffer) => fromBinary(method.output, b)] as const;
+}
 const positive = (timeoutMs: number | undefined) => (timeoutMs !== undefined && timeoutMs > 0 ? timeoutMs : undefined);
 const callOptions = (timeoutMs: number | undefined): grpc.CallOptions => (positive(timeoutMs) ? { deadline: Date.now() + timeoutMs! } : {});
 
