@@ -69,6 +69,7 @@ export async function startEdge(config: Config, settings: EdgeSettings, opts: { 
         for (const [service, peer] of FRONTED) {
           // One HTTP/2 connection per service, multiplexing every forwarded call.
           const transport = createServiceTransport({ baseUrl: config.peers[peer] });
+          platform.onClose(() => transport.close());
           forwardService(router, service, transport, { defaultTimeoutMs: settings.defaultTimeoutMs });
         }
       },

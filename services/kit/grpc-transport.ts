@@ -82,13 +82,12 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
               toMetadata(req.header),
               callOptions(timeoutMs),
               (err, message) => {
-                req.signal.removeEventListener("abort", cancel);
                 if (err || message === undefined) return reject(toConnectError(err, req.signal));
                 resolve({ stream: false, service: method.parent, method, header: responseHeader, message, trailer });
               },
             );
-            const cancel = () => call.cancel();
-            req.signal.addEventListener("abort", cancel, { once: true });
+            // Cancelling a call that has ended does nothing, so the listener can stay.
+            cancelOnAbort(call, req.signal);
             call.on("metadata", (m) => copyMetadata(m, responseHeader));
             call.on("status", (s) => copyMetadata(s.metadata, trailer));
           }),
@@ -121,7 +120,7 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
             toMetadata(req.header),
             callOptions(timeoutMs),
           );
-          req.signal.addEventListener("abort", () => call.cancel(), { once: true });
+          cancelOnAbort(call, req.signal);
           call.on("status", (s) => copyMetadata(s.metadata, trailer));
           // Resolve once the response headers (or the error that replaced them) have arrived,
           // as connect's own transports do, so `header` is complete when the caller sees it.
@@ -150,6 +149,12 @@ function codecsOf<I extends DescMessage, O extends DescMessage>(method: { parent
 }
 const positive = (timeoutMs: number | undefined) => (timeoutMs !== undefined && timeoutMs > 0 ? timeoutMs : undefined);
 const callOptions = (timeoutMs: number | undefined): grpc.CallOptions => (positive(timeoutMs) ? { deadline: Date.now() + timeoutMs! } : {});
+
+/** Cancels `call` when `signal` aborts, at once if it already has. */
+function cancelOnAbort(call: { cancel(): void }, signal: AbortSignal) {
+  if (signal.aborted) call.cancel();
+  else signal.addEventListener("abort", () => call.cancel(), { once: true });
+}
 
 async function single<T>(input: AsyncIterable<T>): Promise<T> {
   for await (const message of input) return message;
