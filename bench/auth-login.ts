@@ -118,9 +118,9 @@ async function main() {
     const grpcClient = PROTOCOL === "grpc" ? createClient(AuthService, createServiceTransport({ baseUrl: url })) : undefined;
     const clients = grpcClient
       ? Array.from({ length: CLIENTS }, () => grpcClient)
-        : Array.from({ length: CLIENTS }, () =>
-            createClient(AuthService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true, nodeOptions: { agent: new Agent({ keepAlive: true, maxSockets: 1 }) } })),
-          );
+      : Array.from({ length: CLIENTS }, () =>
+          createClient(AuthService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true, nodeOptions: { agent: new Agent({ keepAlive: true, maxSockets: 1 }) } })),
+        );
     const users: string[] = [];
     const stamp = Date.now().toString(36);
     for (let i = 0; i < USERS; i += 8) {
