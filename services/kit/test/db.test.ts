@@ -81,6 +81,119 @@ describe("db and migrations", () => {
     });
   });
 
+  describe("a transaction's BEGIN travels with its first statement", () => {
+    /** Round trips made while `fn` runs: each ends with one ReadyForQuery from the server. */
+    async function roundTrips(fn: () => Promise<unknown>): Promise<number> {
+      const proto = (pg as unknown as { Connection: { prototype: { emit(name: string, ...a: unknown[]): boolean } } }).Connection.prototype;
+      const emit = proto.emit;
+      let n = 0;
+      proto.emit = function (this: unknown, name: string, ...a: unknown[]) {
+        if (name === "readyForQuery") n++;
+        return emit.call(this, name, ...a);
+      };
+      try {
+        await fn();
+      } finally {
+        proto.emit = emit;
+      }
+      return n;
+    }
+
+    let db: Kysely<any>;
+    before(async () => {
+      db = open("kit_begin");
+      await sql`CREATE SCHEMA kit_begin; CREATE TABLE kit_begin.notes (id int PRIMARY KEY, body text)`.execute(db);
+      await sql`SELECT 1`.execute(db); // a connection is open before anything is counted
+    });
+
+    test("BEGIN, two statements and COMMIT take three round trips, and the statements share one transaction", async () => {
+      let xids: string[] = [];
+      const trips = await roundTrips(() =>
+        db.transaction().execute(async (trx) => {
+          const a = await trx
+            .insertInto("notes")
+            .values({ id: 1, body: "one" })
+            .returning(sql<string>`txid_current()::text`.as("x"))
+            .executeTakeFirstOrThrow();
+          const b = await sql<{ x: string }>`SELECT txid_current()::text AS x`.execute(trx);
+          xids = [a.x, b.rows[0].x];
+        }),
+      );
+      assert.equal(trips, 3, "the first statement carried BEGIN");
+      assert.equal(xids[0], xids[1], "one transaction id for both statements");
+      assert.deepEqual(await db.selectFrom("notes").select("body").where("id", "=", 1).execute(), [{ body: "one" }]);
+    });
+
+    test("a first statement without parameters carries BEGIN too, and the caller sees only its own result", async () => {
+      const trips = await roundTrips(() =>
+        db.transaction().execute(async (trx) => {
+          const { rows } = await sql<{ n: number }>`SELECT 41 + 1 AS n`.execute(trx);
+          assert.deepEqual(rows, [{ n: 42 }]);
+        }),
+      );
+      assert.equal(trips, 2);
+    });
+
+    test("a rollback undoes what the carried first statement did", async () => {
+      await assert.rejects(
+        db.transaction().execute(async (trx) => {
+          await trx.insertInto("notes").values({ id: 2, body: "gone" }).execute();
+          throw new Error("changed my mind");
+        }),
+        /changed my mind/,
+      );
+      assert.deepEqual(await db.selectFrom("notes").selectAll().where("id", "=", 2).execute(), []);
+    });
+
+    test("a failing first statement rejects with its own error, and the session goes back to the pool clean", async () => {
+      await assert.rejects(
+        db.transaction().execute((trx) => trx.insertInto("notes").values({ id: 1, body: "duplicate" }).execute()),
+        (err: Error & { code?: string }) => err.code === "23505",
+      );
+      // Every session of the pool (max 4) is idle, not inside a transaction left open.
+      await Promise.all(Array.from({ length: 4 }, () => db.transaction().execute((trx) => trx.insertInto("notes").values({ id: Math.floor(Math.random() * 1e9) + 10, body: "x" }).execute())));
+      const { rows } = await sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'vouch-kit_begin' AND state LIKE 'idle in transaction%'`.execute(db);
+      assert.equal(rows[0].n, 0);
+    });
+
+    test("an isolation level set on the transaction applies to the carried statement", async () => {
+      const level = await db
+        .transaction()
+        .setIsolationLevel("serializable")
+        .execute(async (trx) => (await sql<{ l: string }>`SELECT current_setting('transaction_isolation') AS l`.execute(trx)).rows[0].l);
+      assert.equal(level, "serializable");
+    });
+
+    test("a transaction that runs no statement costs no round trip", async () => {
+      assert.equal(await roundTrips(() => db.transaction().execute(async () => {})), 0);
+      await assert.rejects(db.transaction().execute(async () => Promise.reject(new Error("before anything"))), /before anything/);
+    });
+
+    test("a statement marked prepared carries BEGIN too, on its first use on a session and after", async () => {
+      const one = createDb<any>({ url: testDb.url, schema: "kit_begin", max: 1, log });
+      dbs.push(one);
+      const run = () =>
+        one.transaction().execute(async (trx) => {
+          const a = await prepared(sql<{ x: string }>`SELECT txid_current()::text AS x, ${1}::int AS one`).execute(trx);
+          const b = await sql<{ x: string }>`SELECT txid_current()::text AS x`.execute(trx);
+          assert.equal(a.rows[0].x, b.rows[0].x, "one transaction");
+        });
+      await sql`SELECT 1`.execute(one);
+      assert.equal(await roundTrips(run), 3, "parsed, begun and run in one round trip");
+      assert.equal(await roundTrips(run), 3, "then begun and run from the prepared statement");
+    });
+
+    test("a prepared statement whose parse fails is parsed again next time, once it can be", async () => {
+      const one = createDb<any>({ url: testDb.url, schema: "kit_begin", max: 1, log });
+      dbs.push(one);
+      const count = () =>
+        one.transaction().execute(async (trx) => (await prepared(sql<{ n: number }>`SELECT count(*)::int AS n FROM later WHERE ${1}::int = 1`).execute(trx)).rows[0].n);
+      await assert.rejects(count(), /relation "later" does not exist/);
+      await sql`CREATE TABLE later (id int)`.execute(one);
+      assert.equal(await count(), 0, "the same session parses it now instead of binding a statement that never existed");
+    });
+  });
+
   test("createDb rejects a schema name that is not a plain identifier", () => {
     assert.throws(() => createDb({ url: testDb.url, schema: "auth; DROP TABLE x" }), /schema/);
     assert.throws(() => createDb({ url: testDb.url, schema: "Auth" }), /schema/);
