@@ -106,6 +106,19 @@ export interface ConsumerOptions<Desc extends DescMessage, DB> {
   ackWaitMs?: number;
   /** Messages handled at once (default 1). Each holds a pool connection while it runs. */
   concurrency?: number;
+  /**
+   * Most events handled in one transaction when several are waiting (default 1: each its own).
+   * A batch is one BEGIN, one inbox insert for all and one COMMIT around every handler's
+   * statements, run one after the other, so a burst costs those round trips once per batch
+   * instead of once per event. For handlers whose effect is a few statements on rows of their
+   * own. If any handler of a batch throws (or the commit fails) nothing of the batch is kept
+   * and each of its events is handled again alone, exactly as with batchSize 1 — so a handler
+   * with an effect outside the database (an SMS sent) may repeat it: at least once, as after a
+   * crash. A batch never waits to fill up: it takes what has arrived. At most
+   * concurrency / batchSize transactions (rounded up) run at once, so a trickle of events is
+   * handled one transaction after another and a burst in few, full ones.
+   */
+  batchSize?: number;
   log: Logger;
   registry: Registry;
 }
@@ -135,6 +148,8 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
   const backoffMs = opts.backoffMs?.length ? opts.backoffMs : [200, 1_000, 5_000, 15_000];
   const ackWaitMs = opts.ackWaitMs ?? 30_000;
   const concurrency = Math.max(1, opts.concurrency ?? 1);
+  const batchSize = opts.transactional === false ? 1 : Math.max(1, Math.min(concurrency, opts.batchSize ?? 1));
+  const parallelBatches = Math.ceil(concurrency / batchSize);
   const log = opts.log.child({ component: "consumer", consumer: durable });
   const tables = (opts.db as unknown as Kysely<EventTables>).withSchema(schemaName);
   const js = nc.jetstream();
@@ -327,6 +342,75 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
     return "processed";
   }
 
+  /** Claims many events at once: the ids not processed before. */
+  async function recordManyInInbox(trx: Transaction<DB>, eventIds: string[]): Promise<Set<string>> {
+    const rows = await events(trx as unknown as Kysely<DB>)
+      .insertInto("inbox")
+      .values(eventIds.map((event_id) => ({ consumer: durable, event_id })))
+      .onConflict((oc) => oc.doNothing())
+      .returning("event_id")
+      .execute();
+    return new Set(rows.map((r) => r.event_id));
+  }
+
+  /**
+   * A batch in one transaction. False when it did not commit (a handler threw, an event could
+   * not be decoded, the database failed): then nothing of it happened and nothing was answered.
+   */
+  async function handleTogether(batch: JsMsg[]): Promise<boolean> {
+    const started = performance.now();
+    const items: { m: JsMsg; meta: EventMeta; event: MessageShape<Desc> }[] = [];
+    for (const m of batch) {
+      const eventId = m.headers?.get("Nats-Msg-Id") || `${stream}:${m.info.streamSequence}`;
+      const meta: EventMeta = { eventId, subject: relativeSubject(m.subject), deliveryCount: m.info.deliveryCount };
+      let event: MessageShape<Desc>;
+      try {
+        event = fromBinary(opts.schema, m.data);
+      } catch {
+        return false; // parked on its own
+      }
+      items.push({ m, meta, event });
+    }
+    const heartbeat = setInterval(() => batch.forEach((m) => reply(m, "working")), Math.max(100, ackWaitMs / 3));
+    try {
+      const outcomes = await opts.db.transaction().execute(async (trx) => {
+        const fresh = await recordManyInInbox(trx, [...new Set(items.map((it) => it.meta.eventId))]);
+        const done: ("processed" | "duplicate")[] = [];
+        for (const { m, meta, event } of items) {
+          // delete: the same event twice in one batch is handled once.
+          if (!fresh.delete(meta.eventId)) {
+            done.push("duplicate");
+            continue;
+          }
+          await withConsumerSpan(durable, meta.subject, m.headers, () => opts.handle(trx, event, meta));
+          await forgetDeferrals(trx, meta);
+          done.push("processed");
+        }
+        return done;
+      });
+      items.forEach(({ m }, i) => {
+        reply(m, "ack");
+        consumed.inc({ consumer: durable, outcome: outcomes[i] });
+      });
+      return true;
+    } catch (err) {
+      log.debug({ err, events: batch.length }, "a batch of events did not commit; handling each on its own");
+      return false;
+    } finally {
+      clearInterval(heartbeat);
+      const seconds = (performance.now() - started) / 1000;
+      for (let i = 0; i < batch.length; i++) handleSeconds.observe({ consumer: durable }, seconds);
+    }
+  }
+
+  /** Each delivery joins the trace of the change that produced the event. */
+  const handleAlone = (m: JsMsg) => withConsumerSpan(durable, relativeSubject(m.subject), m.headers, () => handleMessage(m));
+
+  async function handleBatch(batch: JsMsg[]): Promise<void> {
+    if (batch.length > 1 && (await handleTogether(batch))) return;
+    await Promise.all(batch.map(handleAlone));
+  }
+
   /** Counts a deferral and hands the message back; if the count cannot be stored, the nak still goes. */
   async function defer(m: JsMsg, eventId: string, request: RetryLater) {
     try {
@@ -410,10 +494,30 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
   }
 
   // Pull loop: at most `concurrency` messages are pulled and not yet finished, so none sit
-  // in a local buffer while their ack_wait runs out.
+  // in a local buffer while their ack_wait runs out. Messages that arrive together (before
+  // the next turn of the event loop) are cut into batches of at most batchSize.
   let stopping = false;
   let messages: ConsumerMessages | undefined;
   let freeSlot: (() => void) | undefined;
+  let unfinished = 0;
+  const waiting: JsMsg[] = [];
+  let flushing: NodeJS.Immediate | undefined;
+
+  function flush() {
+    flushing = undefined;
+    while (waiting.length > 0 && inflight.size < parallelBatches) {
+      const batch = waiting.splice(0, batchSize);
+      const p: Promise<void> = handleBatch(batch)
+        .catch((err) => log.error({ err }, "unexpected error handling events"))
+        .finally(() => {
+          inflight.delete(p);
+          unfinished -= batch.length;
+          flush(); // what came in meanwhile
+          freeSlot?.();
+        });
+      inflight.add(p);
+    }
+  }
 
   async function pull() {
     while (!stopping) {
@@ -428,15 +532,11 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
             reply(m, "nak");
             continue;
           }
-          while (inflight.size >= concurrency) await new Promise<void>((r) => (freeSlot = r));
-          // Each delivery joins the trace of the change that produced the event.
-          const p: Promise<void> = withConsumerSpan(durable, relativeSubject(m.subject), m.headers, () => handleMessage(m))
-            .catch((err) => log.error({ err }, "unexpected error handling an event"))
-            .finally(() => {
-              inflight.delete(p);
-              freeSlot?.();
-            });
-          inflight.add(p);
+          while (unfinished >= concurrency) await new Promise<void>((r) => (freeSlot = r));
+          unfinished++;
+          waiting.push(m);
+          if (batchSize === 1) flush();
+          else flushing ??= setImmediate(flush);
         }
         if (!stopping) throw new Error("message iterator ended");
       } catch (err) {
@@ -465,7 +565,10 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
         stopping = true;
         void messages?.close().catch(() => {});
         await pulling;
-        await Promise.all([...inflight, ...parking]);
+        clearImmediate(flushing);
+        flush(); // what was pulled is handled, not dropped
+        while (inflight.size > 0) await Promise.race(inflight);
+        await Promise.all([...parking]);
         if (!nc.isClosed()) await advisories.drain().catch(() => {});
         log.debug("consumer stopped");
       })();

@@ -381,6 +381,95 @@ describe("consumers", () => {
     assert.deepEqual(await db.selectFrom("effects").select(["event_id", "value"]).execute(), [{ event_id: "evt-nt", value: "once" }]);
   });
 
+  describe("batches (batchSize > 1)", () => {
+    const txid = sql<string>`txid_current()::text`;
+
+    test("events that arrive together share transactions, and each effect happens once", async () => {
+      const { db, schema } = await freshService("batch_together");
+      const { stream, subjectPrefix } = await freshStream("batch_together");
+      // All published before the consumer starts, so they arrive together.
+      for (let i = 0; i < 60; i++) await publish(nc, `${subjectPrefix}.test.happened`, `evt-${i}`, encode(`v${i}`));
+      const registry = new Registry();
+      await consume({
+        db,
+        schemaName: schema,
+        stream,
+        durable: "batch_together",
+        registry,
+        concurrency: 16,
+        batchSize: 16,
+        handle: async (trx, _event, meta) => {
+          await trx.insertInto("effects").values({ event_id: meta.eventId, value: txid }).execute();
+        },
+      });
+      await waitFor("all handled", async () => (await metricValue(registry, "vouch_events_consumed_total", { outcome: "processed" })) === 60);
+      const effects = await db.selectFrom("effects").select(["event_id", "value"]).execute();
+      assert.equal(new Set(effects.map((e) => e.event_id)).size, 60);
+      assert.equal(effects.length, 60, "no effect twice");
+      const perTransaction = countBy(effects, (e) => e.value);
+      assert.ok(perTransaction.size < 60, `${perTransaction.size} transactions for 60 events`);
+      assert.ok(Math.max(...perTransaction.values()) <= 16, "no batch above batchSize");
+      const inbox = await db.selectFrom("inbox").select("event_id").where("consumer", "=", "batch_together").execute();
+      assert.equal(inbox.length, 60);
+    });
+
+    test("a handler failing in a batch keeps nothing of that batch: each event is handled alone, once, and the failing one is retried", async () => {
+      const { db, schema } = await freshService("batch_failure");
+      const { stream, subjectPrefix } = await freshStream("batch_failure");
+      for (let i = 0; i < 20; i++) await publish(nc, `${subjectPrefix}.test.happened`, `evt-${i}`, encode(i === 7 ? "flaky" : `v${i}`));
+      const registry = new Registry();
+      let flakyCalls = 0;
+      await consume({
+        db,
+        schemaName: schema,
+        stream,
+        durable: "batch_failure",
+        registry,
+        concurrency: 20,
+        batchSize: 20,
+        backoffMs: [50],
+        handle: async (trx, event, meta) => {
+          await trx.insertInto("effects").values({ event_id: meta.eventId, value: txid }).execute();
+          // Fails in the batch and on its first delivery alone; the redelivery succeeds.
+          if (event.value === "flaky" && ++flakyCalls <= 2) throw new Error("not yet");
+        },
+      });
+      await waitFor("all handled", async () => (await metricValue(registry, "vouch_events_consumed_total", { outcome: "processed" })) === 20);
+      const effects = await db.selectFrom("effects").select(["event_id", "value"]).execute();
+      assert.equal(effects.length, 20, "the rolled-back batch left no effect behind");
+      assert.equal(new Set(effects.map((e) => e.event_id)).size, 20);
+      assert.equal(flakyCalls, 3);
+      assert.equal(await metricValue(registry, "vouch_events_consumed_total", { outcome: "retried" }), 1);
+    });
+
+    test("the same event twice in one batch is handled once", async () => {
+      const { db, schema } = await freshService("batch_dup");
+      const { stream, subjectPrefix } = await freshStream("batch_dup", nc, 100);
+      await publish(nc, `${subjectPrefix}.test.happened`, "evt-twice", encode("twice"));
+      await publish(nc, `${subjectPrefix}.test.happened`, "evt-other", encode("other"));
+      await new Promise((r) => setTimeout(r, 150)); // past the 100 ms dedupe window
+      await publish(nc, `${subjectPrefix}.test.happened`, "evt-twice", encode("twice"));
+      const registry = new Registry();
+      await consume({
+        db,
+        schemaName: schema,
+        stream,
+        durable: "batch_dup",
+        registry,
+        concurrency: 8,
+        batchSize: 8,
+        handle: async (trx, event, meta) => {
+          await trx.insertInto("effects").values({ event_id: meta.eventId, value: txid }).execute();
+        },
+      });
+      await waitFor("all three copies seen", async () => (await metricValue(registry, "vouch_events_consumed_total")) === 3);
+      const effects = await db.selectFrom("effects").select(["event_id", "value"]).orderBy("event_id").execute();
+      assert.deepEqual(effects.map((e) => e.event_id), ["evt-other", "evt-twice"]);
+      assert.equal(effects[0].value, effects[1].value, "one batch");
+      assert.equal(await metricValue(registry, "vouch_events_consumed_total", { outcome: "duplicate" }), 1);
+    });
+  });
+
   test("an event redelivered after its effect committed but before the ack is not applied again", async () => {
     const { db, schema } = await freshService("dup_crash");
     const { stream, subjectPrefix } = await freshStream("dup_crash");
