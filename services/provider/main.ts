@@ -64,7 +64,7 @@ export async function startProvider(config: Config, settings: ProviderSettings, 
     const consumerDb = createDb<ProviderDB>({
       url: config.databaseUrl,
       schema: config.dbSchema,
-      max: settings.workerConcurrency + settings.deliveryConcurrency,
+      max: settings.workerConcurrency + Math.ceil(settings.deliveryConcurrency / settings.deliveryBatchSize),
       applicationName: `vouch-${config.dbSchema}-consumers`,
       log,
     });
@@ -115,6 +115,9 @@ export async function startProvider(config: Config, settings: ProviderSettings, 
       schema: PurchasedCodeStoredSchema,
       db: consumerDb,
       concurrency: settings.deliveryConcurrency,
+      // A delivery is one or two statements on its own request's row: a burst of them shares
+      // transactions. An SMS of a batch that then fails may go out twice (at least once).
+      batchSize: settings.deliveryBatchSize,
       backoffMs: [500, 2_000, 5_000, 15_000],
       handle: codeStoredHandler({ sms, maxAttempts: SMS_DELIVERY_ATTEMPTS, log }),
     });

@@ -43,6 +43,8 @@ export interface ProviderSettings {
   workerConcurrency: number;
   /** Code deliveries in flight per replica. */
   deliveryConcurrency: number;
+  /** Deliveries committed in one transaction when several are waiting (see the kit consumer's batchSize). */
+  deliveryBatchSize: number;
   /** Where SMS go: unset keeps them in the dev sink (readable with ListSentSms). */
   smsGatewayUrl: string | undefined;
   /** Bearer token for the SMS gateway. */
@@ -98,7 +100,8 @@ export function loadProviderSettings(config: Pick<Config, "peers">, env: Env = p
     requestDeadlineMs: int(env, "PROVIDER_REQUEST_DEADLINE_MS", 120_000, 1),
     sweepIntervalMs: int(env, "PROVIDER_SWEEP_INTERVAL_MS", 1_000, 10),
     workerConcurrency: int(env, "PROVIDER_WORKER_CONCURRENCY", 32, 1),
-    deliveryConcurrency: int(env, "PROVIDER_DELIVERY_CONCURRENCY", 8, 1),
+    deliveryConcurrency: int(env, "PROVIDER_DELIVERY_CONCURRENCY", 32, 1),
+    deliveryBatchSize: int(env, "PROVIDER_DELIVERY_BATCH_SIZE", 16, 1),
     smsGatewayUrl: url(env, "SMS_GATEWAY_URL", undefined),
     smsGatewayToken: env.SMS_GATEWAY_TOKEN || undefined,
     watchMaxMs: int(env, "PROVIDER_WATCH_MAX_MS", 5 * 60_000, 1_000),

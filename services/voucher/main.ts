@@ -112,6 +112,10 @@ export async function startVoucher(config: Config, settings: VoucherSettings, op
       // One insert per event: a failure that survives a few quick retries is a conflicting
       // code (REQUEST_ID_REUSED), which no retry fixes, so park it early.
       backoffMs: [200, 500, 1_000, 2_000],
+      // One transaction at a time, taking up to 32 waiting codes: a burst of purchases costs
+      // one BEGIN, inbox insert and COMMIT per 32 codes, and never more than one connection.
+      concurrency: 32,
+      batchSize: 32,
       handle: async (trx, event) => {
         await storePurchase(trx, purchaseInput({ ...event, providerStatus: event.status }));
       },
