@@ -25,7 +25,7 @@ import type { Logger } from "../kit/log.js";
 import { sendHttp, type HttpRoute, type NodeRequest, type NodeResponse } from "../kit/server.js";
 import { SUPPORTED_METHOD, verifierMatches, verifierProblem } from "./domain/pkce.js";
 import type { ProviderStatus } from "./domain/states.js";
-import { enqueueCodeReceived } from "./events.js";
+import { codeReceivedRow } from "./events.js";
 import { getCodeRequest, receiveCallbackCode } from "./store/requests.js";
 import type { ProviderDB } from "./store/schema.js";
 
@@ -139,11 +139,9 @@ export async function acceptCallback(db: Kysely<ProviderDB>, id: string, body: u
   if (!verifierMatches(callback.verifier, challenge)) return "VERIFIER_MISMATCH";
 
   const print = fingerprint(callback);
-  const accepted = await db.transaction().execute(async (trx) => {
-    const received = await receiveCallbackCode(trx, id, challenge, { code: callback.code, status: callback.status, fingerprint: print });
-    if (received) await enqueueCodeReceived(trx, received);
-    return Boolean(received);
-  });
+  const received = { code: callback.code, status: callback.status, fingerprint: print, at: new Date() };
+  const announce = codeReceivedRow({ ...request, code: callback.code, providerStatus: callback.status, receivedAt: received.at });
+  const accepted = Boolean(await receiveCallbackCode(db, id, challenge, received, announce));
   if (accepted) return "ACCEPTED";
   // The move did not apply: the verifier is spent, or the request is over.
   const now = await getCodeRequest(db, id);

@@ -1,12 +1,10 @@
-// The provider's events, written to its outbox in the transaction of the change they report.
+// The provider's events, written to its outbox in the statement of the change they report.
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { Transaction } from "kysely";
 import { CodeReceivedSchema, CodeRequestedSchema } from "../../gen/vouch/events/v1/events_pb.js";
 import { DeliveryChannel, ProviderCodeStatus } from "../../gen/vouch/type/v1/provider_code_pb.js";
-import { enqueueEvent } from "../kit/events/index.js";
+import { outboxRow, type OutboxRow } from "../kit/events/index.js";
 import type { Channel, ProviderStatus } from "./domain/states.js";
-import type { ProviderDB } from "./store/schema.js";
-import type { CodeRequestRow } from "./store/requests.js";
+import type { NewRequestFacts } from "./store/requests.js";
 
 /**
  * Seed 002's `request-code` and `receive-code` topics, and the voucher service's word that
@@ -19,13 +17,19 @@ export const SUBJECTS = {
 } as const;
 
 export const CHANNEL_TO_PROTO: Record<Channel, DeliveryChannel> = { web: DeliveryChannel.WEB, sms: DeliveryChannel.SMS };
+export const CHANNEL_FROM_PROTO = new Map<DeliveryChannel, Channel>([
+  [DeliveryChannel.WEB, "web"],
+  [DeliveryChannel.SMS, "sms"],
+]);
+
 export const STATUS_TO_PROTO: Record<ProviderStatus, ProviderCodeStatus> = {
   success: ProviderCodeStatus.SUCCESS,
   late_success: ProviderCodeStatus.LATE_SUCCESS,
 };
 
-export function enqueueCodeRequested(trx: Transaction<ProviderDB>, r: CodeRequestRow): Promise<string> {
-  return enqueueEvent(trx, {
+/** The `code_requested` outbox row of a request about to be written (in the same statement). */
+export function codeRequestedRow(r: NewRequestFacts): OutboxRow {
+  return outboxRow({
     subject: SUBJECTS.codeRequested,
     schema: CodeRequestedSchema,
     message: {
@@ -38,10 +42,23 @@ export function enqueueCodeRequested(trx: Transaction<ProviderDB>, r: CodeReques
   });
 }
 
-/** Only ever called by the transaction whose move received the code: once per request. */
-export function enqueueCodeReceived(trx: Transaction<ProviderDB>, r: CodeRequestRow): Promise<string> {
-  if (!r.code || !r.providerStatus || !r.receivedAt) throw new Error(`code request ${r.id} has no received code to announce`);
-  return enqueueEvent(trx, {
+/** What a `code_received` event says: the request's facts and the code it received. */
+export interface ReceivedCodeFacts {
+  id: string;
+  userId: string;
+  phoneNumber: string;
+  channel: Channel;
+  code: string;
+  providerStatus: ProviderStatus;
+  receivedAt: Date;
+}
+
+/**
+ * The `code_received` outbox row of a move that is about to receive a code, for the store to
+ * write in the move's own statement (written only if the move applies: once per request).
+ */
+export function codeReceivedRow(r: ReceivedCodeFacts): OutboxRow {
+  return outboxRow({
     subject: SUBJECTS.codeReceived,
     schema: CodeReceivedSchema,
     message: {

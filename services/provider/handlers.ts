@@ -17,7 +17,6 @@ import {
   SentSmsSchema,
   type CodeRequest,
 } from "../../gen/vouch/provider/v1/provider_pb.js";
-import { DeliveryChannel } from "../../gen/vouch/type/v1/provider_code_pb.js";
 import { requireCaller, type Caller } from "../kit/context.js";
 import { failedPrecondition, invalidArgument, notFound, permissionDenied, unavailable, type FieldViolation } from "../kit/errors.js";
 import { fingerprintRequest, requestIdViolation, runIdempotent } from "../kit/idempotency.js";
@@ -25,8 +24,8 @@ import type { RateLimiter } from "../kit/ratelimit.js";
 import type { ProviderGateway } from "./breaker.js";
 import type { ChangeFeed } from "./changes.js";
 import { normalizePhone } from "../kit/phone.js";
-import { isFinal, type Channel, type RequestState } from "./domain/states.js";
-import { CHANNEL_TO_PROTO, enqueueCodeRequested, STATUS_TO_PROTO } from "./events.js";
+import { isFinal, type RequestState } from "./domain/states.js";
+import { CHANNEL_FROM_PROTO, CHANNEL_TO_PROTO, codeRequestedRow, STATUS_TO_PROTO } from "./events.js";
 import { decodePageToken, page, pageSize } from "../kit/paging.js";
 import type { SmsSender } from "./sms.js";
 import { getCodeRequest, insertCodeRequest, listCodeRequests, type CodeRequestRow } from "./store/requests.js";
@@ -56,11 +55,6 @@ const STATE_TO_PROTO: Record<RequestState, CodeRequestState> = {
   expired: CodeRequestState.EXPIRED,
 };
 const STATE_FROM_PROTO = new Map(Object.entries(STATE_TO_PROTO).map(([k, v]) => [v, k as RequestState]));
-const CHANNEL_FROM_PROTO = new Map<DeliveryChannel, Channel>([
-  [DeliveryChannel.WEB, "web"],
-  [DeliveryChannel.SMS, "sms"],
-]);
-
 const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
 
 /**
@@ -148,8 +142,7 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
         fingerprint: fingerprintRequest(RequestCodeRequestSchema, req),
         responseSchema: RequestCodeResponseSchema,
         run: async (trx) => {
-          const row = await insertCodeRequest(trx, { userId: caller.subject, phoneNumber: phoneNumber!, channel: channel!, deadlineMs: deps.requestDeadlineMs });
-          await enqueueCodeRequested(trx, row);
+          const row = await insertCodeRequest(trx, { userId: caller.subject, phoneNumber: phoneNumber!, channel: channel!, deadlineMs: deps.requestDeadlineMs }, codeRequestedRow);
           return create(RequestCodeResponseSchema, { codeRequest: codeRequestToProto(row) });
         },
       });
@@ -241,14 +234,8 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
           if (gateway.state() === "open") {
             throw unavailable("PROVIDER_UNAVAILABLE", "the voucher provider is failing; the circuit breaker is open", gateway.retryAfterMs());
           }
-          const row = await insertCodeRequest(trx, {
-            userId: failed.userId,
-            phoneNumber: failed.phoneNumber,
-            channel: failed.channel,
-            retryOfId: failed.id,
-            deadlineMs: deps.requestDeadlineMs,
-          });
-          await enqueueCodeRequested(trx, row);
+          const retry = { userId: failed.userId, phoneNumber: failed.phoneNumber, channel: failed.channel, retryOfId: failed.id, deadlineMs: deps.requestDeadlineMs };
+          const row = await insertCodeRequest(trx, retry, codeRequestedRow);
           return create(RetryCodeRequestResponseSchema, { codeRequest: codeRequestToProto(row) });
         },
       });

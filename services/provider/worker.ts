@@ -19,7 +19,7 @@ import { unavailable } from "../kit/errors.js";
 import { retryLater, type EventMeta } from "../kit/events/index.js";
 import type { Logger } from "../kit/log.js";
 import { BreakerOpen, type ProviderGateway } from "./breaker.js";
-import { enqueueCodeReceived } from "./events.js";
+import { CHANNEL_FROM_PROTO, codeReceivedRow } from "./events.js";
 import { ProviderRefusal } from "./provider-client.js";
 import { acknowledge, fail, receiveInlineCode, recordFailedAttempt } from "./store/requests.js";
 import type { ProviderDB } from "./store/schema.js";
@@ -82,8 +82,13 @@ export function codeRequestedHandler(deps: WorkerDeps) {
     }
 
     if (answer.kind === "code") {
-      const received = await receiveInlineCode(trx, id, answer);
-      if (received) await enqueueCodeReceived(trx, received);
+      // The event's facts are the request's own (written together with it), so its
+      // code_received goes in the statement that receives the code.
+      const channel = CHANNEL_FROM_PROTO.get(event.channel);
+      if (!channel) throw new Error(`code_requested event of ${id} has no delivery channel`);
+      const received = { code: answer.code, status: answer.status, at: new Date() };
+      const facts = { id, userId: event.userId, phoneNumber: event.phoneNumber, channel, code: answer.code, providerStatus: answer.status, receivedAt: received.at };
+      await receiveInlineCode(trx, id, received, codeReceivedRow(facts));
     } else {
       await acknowledge(trx, id, answer.codeChallenge);
     }

@@ -2,8 +2,10 @@
 // conditional UPDATE … WHERE state IN (from) RETURNING: the database decides which of two
 // racing moves wins, and the loser gets `undefined` and must do nothing (no event, no SMS).
 // Times are clock_timestamp(), not now(): the worker's transaction starts before its
-// provider call, and "received at" is when the answer came, not when the call began.
+// provider call, and "received at" is when the answer came, not when the call began (the
+// moves that receive a code take that instant from the caller, which also puts it in the event).
 import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
+import type { OutboxRow } from "../../kit/events/index.js";
 import { newId } from "../../kit/ids.js";
 import { MOVES, STATUS_MESSAGES, stateForStatus, type Channel, type ProviderStatus, type RequestState } from "../domain/states.js";
 import type { CodeRequestsTable, ProviderDB } from "./schema.js";
@@ -69,21 +71,49 @@ export interface NewCodeRequest {
   deadlineMs: number;
 }
 
-export async function insertCodeRequest(trx: Transaction<ProviderDB>, input: NewCodeRequest): Promise<CodeRequestRow> {
+/** What is known of a request before it is written: what its `code_requested` event says. */
+export interface NewRequestFacts {
+  id: string;
+  userId: string;
+  phoneNumber: string;
+  channel: Channel;
+  createdAt: Date;
+}
+
+/** Writes a new pending request and, in the same statement, `announce(request)` to the outbox. */
+export async function insertCodeRequest(
+  trx: Transaction<ProviderDB>,
+  input: NewCodeRequest,
+  announce: (request: NewRequestFacts) => OutboxRow,
+): Promise<CodeRequestRow> {
+  const facts: NewRequestFacts = { id: newId(), userId: input.userId, phoneNumber: input.phoneNumber, channel: input.channel, createdAt: new Date() };
+  const event = announce(facts);
   const row = await trx
-    .insertInto("code_requests")
-    .values({
-      id: newId(),
-      user_id: input.userId,
-      phone_number: input.phoneNumber,
-      channel: input.channel,
-      status_message: STATUS_MESSAGES.pending,
-      retry_of_id: input.retryOfId ?? null,
-      expire_at: sql<Date>`now() + make_interval(secs => ${input.deadlineMs / 1000})`,
-    })
-    .returningAll()
+    .with("inserted", (q) =>
+      q
+        .insertInto("code_requests")
+        .values({
+          id: facts.id,
+          user_id: facts.userId,
+          phone_number: facts.phoneNumber,
+          channel: facts.channel,
+          status_message: STATUS_MESSAGES.pending,
+          retry_of_id: input.retryOfId ?? null,
+          created_at: facts.createdAt,
+          expire_at: new Date(facts.createdAt.getTime() + input.deadlineMs),
+        })
+        .returningAll(),
+    )
+    .with("announced", (q) =>
+      q
+        .insertInto("outbox")
+        .columns(["id", "subject", "payload", "headers"])
+        .expression(sql`SELECT ${event.id}, ${event.subject}, ${event.payload}, ${event.headers}::jsonb FROM inserted`),
+    )
+    .selectFrom("inserted")
+    .selectAll()
     .executeTakeFirstOrThrow();
-  return toRow(row);
+  return toRow(row as Selectable<CodeRequestsTable>);
 }
 
 export async function getCodeRequest(db: Db, id: string): Promise<CodeRequestRow | undefined> {
@@ -130,59 +160,71 @@ export async function acknowledge(trx: Db, id: string, codeChallenge: string): P
 export interface ReceivedCode {
   code: string;
   status: ProviderStatus;
+  /** When the answer came. */
+  at: Date;
+}
+
+/**
+ * Applies a move that receives a code and, in the same statement, writes `announce` (its
+ * `code_received` event) to the outbox, only if the move applied: one round trip, atomic
+ * without a transaction around it.
+ */
+async function receive(
+  db: Db,
+  id: string,
+  received: ReceivedCode,
+  move: { from: readonly RequestState[]; challenge?: string; fingerprint?: string; countAttempt: boolean },
+  announce: OutboxRow,
+): Promise<CodeRequestRow | undefined> {
+  const state = stateForStatus(received.status);
+  const row = await db
+    .with("moved", (q) =>
+      q
+        .updateTable("code_requests")
+        .set((eb) => ({
+          state,
+          status_message: STATUS_MESSAGES[state],
+          code: received.code,
+          provider_status: received.status,
+          received_at: received.at,
+          updated_at: sql<Date>`clock_timestamp()`,
+          ...(move.fingerprint !== undefined ? { callback_fingerprint: move.fingerprint } : {}),
+          ...(move.countAttempt ? { attempt_count: eb("attempt_count", "+", 1) } : {}),
+        }))
+        .where("id", "=", id)
+        .$if(move.challenge !== undefined, (w) => w.where("code_challenge", "=", move.challenge!))
+        .where("state", "in", move.from)
+        .returningAll(),
+    )
+    .with("announced", (q) =>
+      q
+        .insertInto("outbox")
+        .columns(["id", "subject", "payload", "headers"])
+        .expression(sql`SELECT ${announce.id}, ${announce.subject}, ${announce.payload}, ${announce.headers}::jsonb FROM moved`),
+    )
+    .selectFrom("moved")
+    .selectAll()
+    .executeTakeFirst();
+  return one(row as Selectable<CodeRequestsTable> | undefined);
 }
 
 /** The provider answered the call itself with the code. Counts the call as an attempt. */
-export async function receiveInlineCode(trx: Db, id: string, received: ReceivedCode): Promise<CodeRequestRow | undefined> {
-  const state = stateForStatus(received.status);
-  return one(
-    await trx
-      .updateTable("code_requests")
-      .set((eb) => ({
-        state,
-        status_message: STATUS_MESSAGES[state],
-        code: received.code,
-        provider_status: received.status,
-        received_at: sql<Date>`clock_timestamp()`,
-        attempt_count: eb("attempt_count", "+", 1),
-        updated_at: sql<Date>`clock_timestamp()`,
-      }))
-      .where("id", "=", id)
-      .where("state", "in", MOVES.receiveInline.from)
-      .returningAll()
-      .executeTakeFirst(),
-  );
+export function receiveInlineCode(db: Db, id: string, received: ReceivedCode, announce: OutboxRow): Promise<CodeRequestRow | undefined> {
+  return receive(db, id, received, { from: MOVES.receiveInline.from, countAttempt: true }, announce);
 }
 
 /**
  * A callback whose verifier matched `codeChallenge`. Bound to that challenge: the update
  * only applies while the request still holds it.
  */
-export async function receiveCallbackCode(
-  trx: Db,
+export function receiveCallbackCode(
+  db: Db,
   id: string,
   codeChallenge: string,
   received: ReceivedCode & { fingerprint: string },
+  announce: OutboxRow,
 ): Promise<CodeRequestRow | undefined> {
-  const state = stateForStatus(received.status);
-  return one(
-    await trx
-      .updateTable("code_requests")
-      .set({
-        state,
-        status_message: STATUS_MESSAGES[state],
-        code: received.code,
-        provider_status: received.status,
-        callback_fingerprint: received.fingerprint,
-        received_at: sql<Date>`clock_timestamp()`,
-        updated_at: sql<Date>`clock_timestamp()`,
-      })
-      .where("id", "=", id)
-      .where("code_challenge", "=", codeChallenge)
-      .where("state", "in", MOVES.receiveCallback.from)
-      .returningAll()
-      .executeTakeFirst(),
-  );
+  return receive(db, id, received, { from: MOVES.receiveCallback.from, challenge: codeChallenge, fingerprint: received.fingerprint, countAttempt: false }, announce);
 }
 
 /** succeeded / late_succeeded → delivered. False when the move did not apply. */

@@ -31,7 +31,8 @@ export interface CodeRequestsTable {
   failure_message: ColumnType<string | null, never, string>;
   /** An SMS telling the customer the request failed or expired is still to be sent. */
   notice_pending: ColumnType<boolean, never, boolean>;
-  created_at: ColumnType<Date, never, never>;
+  /** Set by the insert (the same instant its `code_requested` event reports). */
+  created_at: ColumnType<Date, Date, never>;
   updated_at: ColumnType<Date, never, Date>;
   acknowledged_at: ColumnType<Date | null, never, Date>;
   received_at: ColumnType<Date | null, never, Date>;

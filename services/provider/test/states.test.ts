@@ -13,7 +13,7 @@ import { createTestDatabase, type TestDatabase } from "../../kit/testing.js";
 import { acceptCallback } from "../callback.js";
 import { s256Challenge, verifierMatches, verifierProblem } from "../domain/pkce.js";
 import { EDGES, FINAL_STATES, MOVES, type RequestState } from "../domain/states.js";
-import { enqueueCodeReceived } from "../events.js";
+import { codeReceivedRow, codeRequestedRow } from "../events.js";
 import { acknowledge, endOverdueRequests, insertCodeRequest, receiveInlineCode } from "../store/requests.js";
 import { providerMigrations, type ProviderDB } from "../store/schema.js";
 
@@ -33,7 +33,7 @@ after(async () => {
 let n = 0;
 async function newRequest(deadlineMs = 60_000) {
   return db.transaction().execute((trx) =>
-    insertCodeRequest(trx, { userId: "u", phoneNumber: `+849090${String(n++).padStart(5, "0")}`, channel: "web", deadlineMs }),
+    insertCodeRequest(trx, { userId: "u", phoneNumber: `+849090${String(n++).padStart(5, "0")}`, channel: "web", deadlineMs }, codeRequestedRow),
   );
 }
 
@@ -61,11 +61,11 @@ describe("code request states", () => {
       const r = await newRequest();
       await acknowledge(db, r.id, CHALLENGE);
       const [inline, callback] = await Promise.all([
-        db.transaction().execute(async (trx) => {
-          const moved = await receiveInlineCode(trx, r.id, { code: `INLINE-${round}`, status: "success" });
-          if (moved) await enqueueCodeReceived(trx, moved);
-          return Boolean(moved);
-        }),
+        (async () => {
+          const received = { code: `INLINE-${round}`, status: "success" as const, at: new Date() };
+          const announce = codeReceivedRow({ ...r, code: received.code, providerStatus: received.status, receivedAt: received.at });
+          return Boolean(await receiveInlineCode(db, r.id, received, announce));
+        })(),
         acceptCallback(db, r.id, { codeVerifier: VERIFIER, status: "SUCCESS", voucherCode: `CALLBACK-${round}` }),
       ]);
       const won = [inline, callback === "ACCEPTED"].filter(Boolean).length;
