@@ -1,8 +1,8 @@
-// The events the voucher service writes to its outbox (always in the transaction of the change).
+// The events the voucher service writes to its outbox (always in the transaction, or the statement, of the change).
 import { timestampFromDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Transaction } from "kysely";
 import { GenerationRequestedSchema, PurchasedCodeStoredSchema } from "../../gen/vouch/events/v1/events_pb.js";
-import { enqueueEvent } from "../kit/events/index.js";
+import { enqueueEvent, outboxRow, type OutboxRow } from "../kit/events/index.js";
 import type { Job } from "./store/jobs.js";
 import type { PurchasedCode } from "./store/purchased.js";
 import type { VoucherDB } from "./store/schema.js";
@@ -20,8 +20,8 @@ export function requestGeneration(trx: Transaction<VoucherDB>, job: Job): Promis
 }
 
 /** Tells the provider the code is on record, so it may now deliver it. */
-export function announcePurchasedCodeStored(trx: Transaction<VoucherDB>, p: PurchasedCode): Promise<string> {
-  return enqueueEvent(trx, {
+export function purchasedCodeStoredRow(p: PurchasedCode): OutboxRow {
+  return outboxRow({
     subject: PURCHASED_CODE_STORED,
     schema: PurchasedCodeStoredSchema,
     message: {

@@ -4,7 +4,7 @@
 // only after that, so no customer ever holds a code we have no record of —, listed by
 // phone number for the phone's owner or an admin.
 import type { Kysely, Transaction } from "kysely";
-import { announcePurchasedCodeStored } from "./events.js";
+import { purchasedCodeStoredRow } from "./events.js";
 import { newId } from "../kit/ids.js";
 import { alreadyExists, notFound, permissionDenied } from "../kit/errors.js";
 import * as store from "./store/purchased.js";
@@ -23,11 +23,11 @@ export const E164 = /^\+[1-9]\d{6,14}$/;
  * refused (REQUEST_ID_REUSED).
  */
 export async function storePurchase(trx: Transaction<VoucherDB>, input: PurchaseInput): Promise<PurchasedCode> {
-  const { stored, inserted } = await store.storePurchased(trx, { id: newId(), ...input });
+  const purchase = { id: newId(), ...input, createdAt: new Date() };
+  const stored = await store.storePurchased(trx, purchase, purchasedCodeStoredRow(purchase));
   if (stored.code !== input.code || stored.phoneNumber !== input.phoneNumber || stored.userId !== input.userId) {
     throw alreadyExists("REQUEST_ID_REUSED", "this code request already stored a different code or phone number", { codeRequestId: input.codeRequestId });
   }
-  if (inserted) await announcePurchasedCodeStored(trx, stored);
   return stored;
 }
 

@@ -1,5 +1,6 @@
 // Codes bought from the outside provider, stored once per code request.
 import { sql, type Kysely, type Transaction } from "kysely";
+import type { OutboxRow } from "../../kit/events/index.js";
 import type { VoucherDB } from "./schema.js";
 
 type Db = Kysely<VoucherDB> | Transaction<VoucherDB>;
@@ -31,27 +32,27 @@ const toPurchased = (r: Record<string, any>): PurchasedCode => ({
 
 /**
  * Stores the code of a code request unless that request already has one; returns the
- * stored row (the earlier one on a repeat) and whether this call inserted it.
+ * stored row (the earlier one on a repeat). `announce`
+ * (the row's `purchased_code_stored` event) is written to the outbox in the same statement,
+ * only when the row is inserted.
  */
-export async function storePurchased(db: Db, p: Omit<PurchasedCode, "createdAt">): Promise<{ stored: PurchasedCode; inserted: boolean }> {
-  const row = await db
-    .insertInto("purchased_codes")
-    .values({
-      id: p.id,
-      code_request_id: p.codeRequestId,
-      user_id: p.userId,
-      phone_number: p.phoneNumber,
-      code: p.code,
-      channel: p.channel,
-      provider_status: p.providerStatus,
-      receive_time: p.receiveTime,
-    })
-    .onConflict((oc) => oc.column("code_request_id").doNothing())
-    .returningAll()
-    .executeTakeFirst();
-  if (row) return { stored: toPurchased(row), inserted: true };
+export async function storePurchased(db: Db, p: PurchasedCode, announce: OutboxRow): Promise<PurchasedCode> {
+  const { rows } = await sql<Record<string, any>>`
+    WITH stored AS (
+      INSERT INTO purchased_codes (id, code_request_id, user_id, phone_number, code, channel, provider_status, receive_time, created_at)
+      VALUES (${p.id}, ${p.codeRequestId}, ${p.userId}, ${p.phoneNumber}, ${p.code}, ${p.channel}, ${p.providerStatus}, ${p.receiveTime}, ${p.createdAt})
+      ON CONFLICT (code_request_id) DO NOTHING
+      RETURNING *
+    ), announced AS (
+      INSERT INTO outbox (id, subject, payload, headers)
+      SELECT ${announce.id}, ${announce.subject}, ${announce.payload}, ${announce.headers}::jsonb FROM stored
+    )
+    SELECT * FROM stored`.execute(db);
+  if (rows[0]) return toPurchased(rows[0]);
+  // A conflict: the request's code is stored already (read in a statement of its own, since a
+  // row committed after this statement began is not in its snapshot).
   const existing = await db.selectFrom("purchased_codes").selectAll().where("code_request_id", "=", p.codeRequestId).executeTakeFirstOrThrow();
-  return { stored: toPurchased(existing), inserted: false };
+  return toPurchased(existing);
 }
 
 export async function findPurchased(db: Db, id: string): Promise<PurchasedCode | undefined> {
