@@ -35,10 +35,12 @@ export function createDb<DB>(opts: CreateDbOptions): Kysely<DB> {
   const schema = assertIdentifier(opts.schema, "schema");
   const pool = createPool({ ...opts, applicationName: opts.applicationName ?? `vouch-${schema}`, options: `-c search_path=${schema}` });
   pool.on("connect", shapeQueries);
-  // Never hand out a session with a BEGIN still held (kysely always ends what it began; this
-  // is the belt to those braces).
+  // Never hand out a session with a BEGIN still held or a transaction marked open (kysely
+  // always ends what it began; this is the belt to those braces).
   pool.on("release", (_err: unknown, client: VouchClient) => {
     client[heldBegin] = undefined;
+    client[inTransaction] = false;
+    client[committed] = false;
   });
   return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
 }
@@ -86,6 +88,30 @@ export function prepared<T>(query: RawBuilder<T>): RawBuilder<T> {
   return sql<T>`${sql.raw(PREPARED_MARK)}${query}`;
 }
 
+const COMMIT_MARK = "/* vouch:commits */ ";
+
+/**
+ * Marks the last statement of a transaction: its COMMIT goes out in the same message, and
+ * kysely's own COMMIT then costs nothing (see "BEGIN and COMMIT without round trips of their
+ * own" below). Only for a statement after which the transaction does nothing else, not even
+ * JavaScript that may throw: from its answer on, the transaction is committed. Outside a
+ * transaction begun through kysely, or without parameters, it runs as an ordinary statement.
+ */
+export function lastInTransaction<T>(query: RawBuilder<T>): RawBuilder<T> {
+  return sql<T>`${sql.raw(COMMIT_MARK)}${query}`;
+}
+
+/** The leading marks of a statement's text (`prepared`, `lastInTransaction`, in either order). */
+function marksOf(text: string): { prepared: boolean; commits: boolean } {
+  let rest = text;
+  const marks = { prepared: false, commits: false };
+  for (;;) {
+    if (rest.startsWith(PREPARED_MARK)) (marks.prepared = true), (rest = rest.slice(PREPARED_MARK.length));
+    else if (rest.startsWith(COMMIT_MARK)) (marks.commits = true), (rest = rest.slice(COMMIT_MARK.length));
+    else return marks;
+  }
+}
+
 /**
  * One name per distinct marked text in this process, shared by every pool and connection (pg
  * prepares a name on first use per connection). The set is small and fixed: the marked
@@ -98,54 +124,75 @@ const statementName = (text: string) => {
   return name;
 };
 
-// ── BEGIN without a round trip of its own ─────────────────────────────────────────────
+// ── BEGIN and COMMIT without round trips of their own ──────────────────────────────────
 //
 // kysely opens a transaction with `begin` and waits for the answer before it runs the first
-// statement: one round trip that carries nothing. On this machine a round trip costs both
-// processes a write and a read system call and a wake-up (~0.1 ms of CPU over client and
-// Postgres), and most transactions here are two to four statements, so that empty round trip
-// is a fifth to a third of each transaction's Postgres traffic. Instead, `begin` is answered at
-// once and held, and goes out in the same message as the transaction's first statement, ahead
-// of it, under one Sync: Postgres runs both in order and answers both at once. Nothing else
-// changes — the statement runs inside the transaction, an error in it aborts the transaction
-// as before, and kysely's ROLLBACK follows. A transaction that ends before any statement
-// (commit or rollback with `begin` still held) never reaches Postgres at all.
+// statement: one round trip that carries nothing; and its COMMIT is another. On this machine
+// a round trip costs both processes a write and a read system call and a wake-up (~0.1 ms of
+// CPU over client and Postgres), and most transactions here are two to four statements, so
+// those two are a third to a half of each transaction's Postgres traffic. Instead:
+// - `begin` is answered at once and held, and goes out in the same message as the
+//   transaction's first statement, ahead of it, under one Sync: Postgres runs both in order
+//   and answers both at once. A transaction that ends before any statement (commit or
+//   rollback with `begin` still held) never reaches Postgres at all.
+// - a statement marked `lastInTransaction` takes COMMIT along behind it, in the same way, and
+//   kysely's COMMIT that follows is answered at once.
+// Nothing else changes: an error in the statement aborts the transaction as before (Postgres
+// skips what follows it up to the Sync, COMMIT included), and kysely's ROLLBACK follows; a
+// COMMIT that fails fails the statement's call.
 
 const BEGIN = /^(begin|start transaction( [a-z ]+)?)$/i;
+const COMMIT = /^commit$/i;
 const ENDS_TRANSACTION = /^(commit|rollback)$/i;
 const heldBegin = Symbol("vouch.heldBegin");
-type VouchClient = pg.PoolClient & { [heldBegin]?: string };
+const inTransaction = Symbol("vouch.inTransaction");
+const committed = Symbol("vouch.committed");
+type VouchClient = pg.PoolClient & { [heldBegin]?: string; [inTransaction]?: boolean; [committed]?: boolean };
 
 const nothingRan = (command: string) => ({ command: command.toUpperCase(), rowCount: null, oid: 0, rows: [], fields: [] });
 
-/** The parts of pg's Query and Connection (internals its types do not describe) that BeginThenQuery uses. */
+/** The parts of pg's Query and Connection (internals its types do not describe) that CarriedQuery uses. */
 interface PgConnection {
   parse(m: { text: string; name: string; types: unknown[] }): void;
   bind(m: { portal: string; statement: string; values: unknown[] }): void;
-  execute(m: { portal: string }): void;
+  execute(m: { portal: string; rows?: number }): void;
+  sync(): void;
   submittedNamedStatements: Record<string, string>;
 }
 interface PgQueryInternals {
   text: string;
   name?: string;
   types?: unknown[];
+  portal: string;
   hasBeenParsed(connection: PgConnection): boolean;
   requiresPreparation(): boolean;
   prepare(connection: PgConnection): void;
   submit(connection: PgConnection): Error | null;
+  _getRows(connection: PgConnection, rows?: number): void;
   handleCommandComplete(msg: unknown, connection: PgConnection): void;
 }
 type QueryCallback = (err: Error | undefined, result: pg.QueryResult) => void;
 const PgQuery = pg.Query as unknown as new (config: pg.QueryConfig, values: undefined, callback: QueryCallback) => PgQueryInternals;
 
+/** Sends BEGIN/COMMIT by the extended protocol, without a Sync of their own. */
+function sendBare(connection: PgConnection, text: string) {
+  connection.parse({ text, name: "", types: [] });
+  connection.bind({ portal: "", statement: "", values: [] });
+  connection.execute({ portal: "" });
+}
+
 /**
- * A query that sends `beginText` ahead of itself in the same protocol message and hides
- * BEGIN's answer (always the first CommandComplete), so the caller sees its own result only.
+ * A statement sent with `begin` ahead of it and/or COMMIT behind it in the same protocol
+ * message, whose caller sees its own result only (BEGIN's answer is always the first
+ * CommandComplete, COMMIT's the one after the statement's).
  */
-class BeginThenQuery extends PgQuery {
+class CarriedQuery extends PgQuery {
   private beginAnswered = false;
+  private ownAnswered = false;
   constructor(
-    private readonly beginText: string,
+    private readonly begin: string | undefined,
+    /** Only for a single statement by the extended protocol (see shapeQueries). */
+    private readonly commits: boolean,
     config: pg.QueryConfig,
     callback: QueryCallback,
   ) {
@@ -153,39 +200,47 @@ class BeginThenQuery extends PgQuery {
   }
 
   // Extended protocol (the statement has parameters, or a name): Parse/Bind/Execute of BEGIN,
-  // then the statement's own Parse/Bind/Describe/Execute/Sync, written together (pg corks the
-  // stream). A named statement not yet parsed on this session is parsed first, ahead of BEGIN:
-  // pg takes the first ParseComplete for the named statement's, so it must be that one (if
-  // it fails, Postgres skips the rest, BEGIN included, and pg will parse it again next time).
+  // then the statement's own Parse/Bind/Describe/Execute, COMMIT's, and one Sync, written
+  // together (pg corks the stream). A named statement not yet parsed on this session is
+  // parsed first, ahead of BEGIN: pg takes the first ParseComplete for the named statement's,
+  // so it must be that one (if it fails, Postgres skips the rest, and pg parses it next time).
   override prepare(connection: PgConnection) {
     if (this.name && !this.hasBeenParsed(connection)) {
       connection.parse({ text: this.text, name: this.name, types: this.types ?? [] });
       connection.submittedNamedStatements[this.name] = this.text;
     }
-    connection.parse({ text: this.beginText, name: "", types: [] });
-    connection.bind({ portal: "", statement: "", values: [] });
-    connection.execute({ portal: "" });
+    if (this.begin !== undefined) sendBare(connection, this.begin);
     super.prepare(connection);
   }
 
-  // Simple protocol (no parameters): both statements in one Query message.
+  override _getRows(connection: PgConnection, rows?: number) {
+    if (!this.commits) return super._getRows(connection, rows);
+    connection.execute({ portal: this.portal });
+    sendBare(connection, "COMMIT");
+    connection.sync();
+  }
+
+  // Simple protocol (no parameters): BEGIN and the statement(s) in one Query message.
   override submit(connection: PgConnection) {
-    if (!this.requiresPreparation()) this.text = `${this.beginText}; ${this.text}`;
+    if (this.begin !== undefined && !this.requiresPreparation()) this.text = `${this.begin}; ${this.text}`;
     return super.submit(connection);
   }
 
   override handleCommandComplete(msg: unknown, connection: PgConnection) {
-    if (!this.beginAnswered) {
+    if (this.begin !== undefined && !this.beginAnswered) {
       this.beginAnswered = true;
       return;
     }
+    if (this.commits && this.ownAnswered) return;
+    this.ownAnswered = true;
     super.handleCommandComplete(msg, connection);
   }
 }
 
 /**
- * kysely hands pg the SQL text of every statement: a marked text becomes a named query (see
- * `prepared`), and `begin` is held for the transaction's first statement (see above).
+ * kysely hands pg the SQL text of every statement: a `prepared` text becomes a named query,
+ * `begin` is held for the transaction's first statement, and a `lastInTransaction` statement
+ * takes COMMIT along (see above).
  */
 function shapeQueries(client: VouchClient): void {
   const query = client.query as (...args: unknown[]) => Promise<pg.QueryResult>;
@@ -199,17 +254,42 @@ function shapeQueries(client: VouchClient): void {
       if (begin !== undefined) query.call(this, begin).catch(() => {});
       return query.apply(this, args);
     }
-    if (BEGIN.test(text) && !values?.length && this[heldBegin] === undefined) {
+    if (BEGIN.test(text) && !values?.length && this[heldBegin] === undefined && !this[inTransaction]) {
       this[heldBegin] = text;
+      this[inTransaction] = true;
       return Promise.resolve(nothingRan("BEGIN"));
     }
-    const config: pg.QueryConfig = text.startsWith(PREPARED_MARK) ? { name: statementName(text), text, values } : { text, values };
+    if (ENDS_TRANSACTION.test(text)) {
+      const settled = this[heldBegin] !== undefined || this[committed];
+      const wasCommitted = this[committed];
+      this[heldBegin] = undefined;
+      this[inTransaction] = false;
+      this[committed] = false;
+      // Nothing was sent yet, or the last statement took COMMIT along (a ROLLBACK then has
+      // nothing left to undo: lastInTransaction's contract is that nothing may fail after it).
+      if (settled) return Promise.resolve(nothingRan(wasCommitted && COMMIT.test(text) ? "COMMIT" : text));
+      return query.call(this, text);
+    }
+    if (this[committed]) {
+      return Promise.reject(new Error("a statement after its transaction's lastInTransaction statement: the transaction is already committed"));
+    }
+    const marks = marksOf(text);
+    const config: pg.QueryConfig = marks.prepared ? { name: statementName(text), text, values } : { text, values };
     const begin = this[heldBegin];
-    if (begin === undefined) return query.call(this, config);
+    // COMMIT is carried only in a transaction begun through kysely, and behind exactly one
+    // statement (the extended protocol: parameters or a name), whose answer is the one before COMMIT's.
+    const commits = marks.commits && this[inTransaction] === true && (marks.prepared || Boolean(values?.length));
+    if (begin === undefined && !commits) return query.call(this, config);
     this[heldBegin] = undefined;
-    if (ENDS_TRANSACTION.test(text)) return Promise.resolve(nothingRan(text));
     return new Promise((resolve, reject) => {
-      query.call(this, new BeginThenQuery(begin, config, (err, res) => (err ? reject(err) : resolve(res))));
+      query.call(
+        this,
+        new CarriedQuery(begin, commits, config, (err, res) => {
+          if (err) return reject(err);
+          if (commits) this[committed] = true;
+          resolve(res);
+        }),
+      );
     });
   } as typeof client.query;
 }

@@ -13,7 +13,7 @@
 import { createHash } from "node:crypto";
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { sql, type ColumnType, type Kysely, type Migration, type Transaction } from "kysely";
-import { prepared } from "./db.js";
+import { lastInTransaction, prepared } from "./db.js";
 import { alreadyExists, type FieldViolation, type VouchError } from "./errors.js";
 import type { Logger } from "./log.js";
 
@@ -134,11 +134,16 @@ async function readRequestId(keys: Transaction<IdempotencyTables>, key: RequestK
   return { claimed: false, ...row };
 }
 
-/** Stores the response of a claimed request id, in the transaction of its effect. */
+/**
+ * Stores the response of a claimed request id, as the last statement of its effect's
+ * transaction: COMMIT goes out with it (`lastInTransaction`).
+ */
 export async function recordResponse<DB>(trx: Transaction<DB>, key: RequestKey, response: Uint8Array): Promise<void> {
-  await prepared(sql`
+  await prepared(
+    lastInTransaction(sql`
     UPDATE idempotency_keys SET response = ${response}
-    WHERE operation = ${key.operation} AND caller = ${key.caller} AND request_id = ${key.requestId}`).execute(trx);
+    WHERE operation = ${key.operation} AND caller = ${key.caller} AND request_id = ${key.requestId}`),
+  ).execute(trx);
 }
 
 /** Opens a transaction and runs `work` in it (e.g. `db.transaction().execute`, or one that retries deadlocks). */

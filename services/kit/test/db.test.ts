@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { sql, type Kysely, type Migration } from "kysely";
 import pg from "pg";
-import { createDb, ensureDatabase, prepared, withDatabase } from "../db.js";
+import { createDb, ensureDatabase, lastInTransaction, prepared, withDatabase } from "../db.js";
 import { newId } from "../ids.js";
 import { createLogger } from "../log.js";
 import { runMigrations } from "../migrate.js";
@@ -191,6 +191,55 @@ describe("db and migrations", () => {
       await assert.rejects(count(), /relation "later" does not exist/);
       await sql`CREATE TABLE later (id int)`.execute(one);
       assert.equal(await count(), 0, "the same session parses it now instead of binding a statement that never existed");
+    });
+
+    describe("a statement marked lastInTransaction takes COMMIT along", () => {
+      test("a transaction of one such statement is one round trip, of two statements two, and what they did is committed", async () => {
+        const one = await roundTrips(() => db.transaction().execute((trx) => lastInTransaction(sql`INSERT INTO notes (id, body) VALUES (${100}, 'last')`).execute(trx)));
+        assert.equal(one, 1, "BEGIN, the statement and COMMIT in one message");
+        const two = await roundTrips(() =>
+          db.transaction().execute(async (trx) => {
+            await trx.insertInto("notes").values({ id: 101, body: "first" }).execute();
+            await prepared(lastInTransaction(sql`UPDATE notes SET body = ${"last"} WHERE id = ${101}`)).execute(trx);
+          }),
+        );
+        assert.equal(two, 2);
+        const other = createDb<any>({ url: testDb.url, schema: "kit_begin", max: 1, log });
+        dbs.push(other);
+        assert.deepEqual(await other.selectFrom("notes").select(["id", "body"]).where("id", "in", [100, 101]).orderBy("id").execute(), [
+          { id: 100, body: "last" },
+          { id: 101, body: "last" },
+        ]);
+      });
+
+      test("when the last statement fails nothing of the transaction is kept", async () => {
+        await assert.rejects(
+          db.transaction().execute(async (trx) => {
+            await trx.insertInto("notes").values({ id: 102, body: "kept?" }).execute();
+            await lastInTransaction(sql`INSERT INTO notes (id, body) VALUES (${1}, 'duplicate')`).execute(trx);
+          }),
+          (err: Error & { code?: string }) => err.code === "23505",
+        );
+        assert.deepEqual(await db.selectFrom("notes").selectAll().where("id", "=", 102).execute(), []);
+      });
+
+      test("a statement after it is refused, since the transaction is over", async () => {
+        await assert.rejects(
+          db.transaction().execute(async (trx) => {
+            await lastInTransaction(sql`INSERT INTO notes (id, body) VALUES (${103}, 'last')`).execute(trx);
+            await trx.insertInto("notes").values({ id: 104, body: "after" }).execute();
+          }),
+          /already committed/,
+        );
+        assert.deepEqual(await db.selectFrom("notes").select("id").where("id", "in", [103, 104]).execute(), [{ id: 103 }]);
+        await db.transaction().execute((trx) => trx.insertInto("notes").values({ id: 105, body: "next" }).execute()); // the session is fine
+      });
+
+      test("outside a transaction it is an ordinary statement", async () => {
+        await lastInTransaction(sql`INSERT INTO notes (id, body) VALUES (${106}, 'alone')`).execute(db);
+        await db.insertInto("notes").values({ id: 107, body: "then" }).execute();
+        assert.equal((await db.selectFrom("notes").select("id").where("id", "in", [106, 107]).execute()).length, 2);
+      });
     });
   });
 
