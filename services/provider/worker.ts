@@ -88,7 +88,8 @@ export function codeRequestedHandler(deps: WorkerDeps) {
       if (!channel) throw new Error(`code_requested event of ${id} has no delivery channel`);
       const received = { code: answer.code, status: answer.status, at: new Date() };
       const facts = { id, userId: event.userId, phoneNumber: event.phoneNumber, channel, code: answer.code, providerStatus: answer.status, receivedAt: received.at };
-      await receiveInlineCode(trx, id, received, codeReceivedRow(facts));
+      // The handler's last statement: its COMMIT goes with it (the consumer adds nothing after).
+      await receiveInlineCode(trx, id, received, codeReceivedRow(facts), { last: true });
     } else {
       await acknowledge(trx, id, answer.codeChallenge);
     }

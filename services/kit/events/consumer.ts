@@ -76,7 +76,11 @@ export interface ConsumerOptions<Desc extends DescMessage, DB> {
   db: Kysely<DB>;
   /** Schema holding this service's inbox and dead_letters tables. */
   schemaName: string;
-  /** Applies the event's effect inside `trx`; throw to have the event retried. */
+  /**
+   * Applies the event's effect inside `trx`; throw to have the event retried. Nothing follows
+   * the handler in its transaction, so without batches (batchSize 1) it may mark its last
+   * statement `lastInTransaction` (kit/db) to take COMMIT along.
+   */
   handle: (trx: Transaction<DB>, event: MessageShape<Desc>, meta: EventMeta) => Promise<void>;
   /**
    * false for a handler that runs for long (a generation job of minutes) and is idempotent
@@ -326,8 +330,8 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
   function handleInTransaction(event: MessageShape<Desc>, meta: EventMeta): Promise<"processed" | "duplicate"> {
     return opts.db.transaction().execute(async (trx) => {
       if (!(await recordInInbox(trx, meta.eventId))) return "duplicate";
-      await opts.handle(trx, event, meta);
       await forgetDeferrals(trx, meta);
+      await opts.handle(trx, event, meta); // may end the transaction (lastInTransaction)
       return "processed";
     });
   }
@@ -382,8 +386,8 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
             done.push("duplicate");
             continue;
           }
-          await withConsumerSpan(durable, meta.subject, m.headers, () => opts.handle(trx, event, meta));
           await forgetDeferrals(trx, meta);
+          await withConsumerSpan(durable, meta.subject, m.headers, () => opts.handle(trx, event, meta));
           done.push("processed");
         }
         return done;

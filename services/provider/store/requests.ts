@@ -6,6 +6,7 @@
 // moves that receive a code take that instant from the caller, which also puts it in the event).
 import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
 import type { OutboxRow } from "../../kit/events/index.js";
+import { lastInTransaction } from "../../kit/db.js";
 import { newId } from "../../kit/ids.js";
 import { MOVES, STATUS_MESSAGES, stateForStatus, type Channel, type ProviderStatus, type RequestState } from "../domain/states.js";
 import type { CodeRequestsTable, ProviderDB } from "./schema.js";
@@ -167,50 +168,42 @@ export interface ReceivedCode {
 /**
  * Applies a move that receives a code and, in the same statement, writes `announce` (its
  * `code_received` event) to the outbox, only if the move applied: one round trip, atomic
- * without a transaction around it.
+ * without a transaction around it. `last`: the statement ends its transaction
+ * (`lastInTransaction`: COMMIT goes with it).
  */
 async function receive(
   db: Db,
   id: string,
   received: ReceivedCode,
-  move: { from: readonly RequestState[]; challenge?: string; fingerprint?: string; countAttempt: boolean },
+  move: { from: readonly RequestState[]; challenge?: string; fingerprint?: string; countAttempt: boolean; last?: boolean },
   announce: OutboxRow,
 ): Promise<CodeRequestRow | undefined> {
   const state = stateForStatus(received.status);
-  const row = await db
-    .with("moved", (q) =>
-      q
-        .updateTable("code_requests")
-        .set((eb) => ({
-          state,
-          status_message: STATUS_MESSAGES[state],
-          code: received.code,
-          provider_status: received.status,
-          received_at: received.at,
-          updated_at: sql<Date>`clock_timestamp()`,
-          ...(move.fingerprint !== undefined ? { callback_fingerprint: move.fingerprint } : {}),
-          ...(move.countAttempt ? { attempt_count: eb("attempt_count", "+", 1) } : {}),
-        }))
-        .where("id", "=", id)
-        .$if(move.challenge !== undefined, (w) => w.where("code_challenge", "=", move.challenge!))
-        .where("state", "in", move.from)
-        .returningAll(),
+  const statement = sql<Selectable<CodeRequestsTable>>`
+    WITH moved AS (
+      UPDATE code_requests
+         SET state = ${state}, status_message = ${STATUS_MESSAGES[state]}, code = ${received.code}, provider_status = ${received.status},
+             received_at = ${received.at}, updated_at = clock_timestamp()
+             ${move.fingerprint !== undefined ? sql`, callback_fingerprint = ${move.fingerprint}` : sql``}
+             ${move.countAttempt ? sql`, attempt_count = attempt_count + 1` : sql``}
+       WHERE id = ${id} AND state IN (${sql.join(move.from)})
+             ${move.challenge !== undefined ? sql`AND code_challenge = ${move.challenge}` : sql``}
+      RETURNING *
+    ), announced AS (
+      INSERT INTO outbox (id, subject, payload, headers)
+      SELECT ${announce.id}, ${announce.subject}, ${announce.payload}, ${announce.headers}::jsonb FROM moved
     )
-    .with("announced", (q) =>
-      q
-        .insertInto("outbox")
-        .columns(["id", "subject", "payload", "headers"])
-        .expression(sql`SELECT ${announce.id}, ${announce.subject}, ${announce.payload}, ${announce.headers}::jsonb FROM moved`),
-    )
-    .selectFrom("moved")
-    .selectAll()
-    .executeTakeFirst();
-  return one(row as Selectable<CodeRequestsTable> | undefined);
+    SELECT * FROM moved`;
+  const { rows } = await (move.last ? lastInTransaction(statement) : statement).execute(db);
+  return one(rows[0]);
 }
 
-/** The provider answered the call itself with the code. Counts the call as an attempt. */
-export function receiveInlineCode(db: Db, id: string, received: ReceivedCode, announce: OutboxRow): Promise<CodeRequestRow | undefined> {
-  return receive(db, id, received, { from: MOVES.receiveInline.from, countAttempt: true }, announce);
+/**
+ * The provider answered the call itself with the code. Counts the call as an attempt. The
+ * worker's last statement in its transaction (`last`), so COMMIT goes with it.
+ */
+export function receiveInlineCode(db: Db, id: string, received: ReceivedCode, announce: OutboxRow, opts: { last?: boolean } = {}): Promise<CodeRequestRow | undefined> {
+  return receive(db, id, received, { from: MOVES.receiveInline.from, countAttempt: true, last: opts.last }, announce);
 }
 
 /**
