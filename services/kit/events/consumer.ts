@@ -14,7 +14,7 @@
 // redelivered after `ms`, quietly, and that delivery is not counted against the dead-letter
 // budget (the deferrals are counted in `event_deferrals`, in the transaction-free path).
 import { fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import type { Kysely, Transaction } from "kysely";
+import { sql, type Kysely, type Transaction } from "kysely";
 import {
   AckPolicy,
   ConsumerEvents,
@@ -29,7 +29,7 @@ import {
   type Subscription,
 } from "nats";
 import type { Registry } from "prom-client";
-import { assertIdentifier } from "../db.js";
+import { assertIdentifier, prepared } from "../db.js";
 import { isTransient } from "../errors.js";
 import { newId } from "../ids.js";
 import { withConsumerSpan } from "../tracing.js";
@@ -318,9 +318,13 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
   }
 
   const events = (db: Kysely<DB>) => (db as unknown as Kysely<EventTables>).withSchema(schemaName);
+  // Prepared (one fixed text per consumer): every event of every consumer runs one of them.
+  const inbox = sql.table(`${schemaName}.inbox`);
   /** Claims the event for this consumer: false when it was processed before. */
   const recordInInbox = async (db: Kysely<DB>, eventId: string) =>
-    !!(await events(db).insertInto("inbox").values({ consumer: durable, event_id: eventId }).onConflict((oc) => oc.doNothing()).returning("event_id").executeTakeFirst());
+    (
+      await prepared(sql`INSERT INTO ${inbox} (consumer, event_id) VALUES (${durable}, ${eventId}) ON CONFLICT DO NOTHING RETURNING event_id`).execute(db)
+    ).rows.length > 0;
   /** Only a redelivered event can have been deferred before. */
   const forgetDeferrals = async (db: Kysely<DB>, meta: EventMeta) => {
     if (meta.deliveryCount > 1) await events(db).deleteFrom("event_deferrals").where("consumer", "=", durable).where("event_id", "=", meta.eventId).execute();
@@ -348,12 +352,9 @@ export async function startConsumer<Desc extends DescMessage, DB = any>(
 
   /** Claims many events at once: the ids not processed before. */
   async function recordManyInInbox(trx: Transaction<DB>, eventIds: string[]): Promise<Set<string>> {
-    const rows = await events(trx as unknown as Kysely<DB>)
-      .insertInto("inbox")
-      .values(eventIds.map((event_id) => ({ consumer: durable, event_id })))
-      .onConflict((oc) => oc.doNothing())
-      .returning("event_id")
-      .execute();
+    const { rows } = await prepared(sql<{ event_id: string }>`
+      INSERT INTO ${inbox} (consumer, event_id) SELECT ${durable}, unnest(${eventIds}::text[])
+      ON CONFLICT DO NOTHING RETURNING event_id`).execute(trx);
     return new Set(rows.map((r) => r.event_id));
   }
 

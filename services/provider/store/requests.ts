@@ -6,7 +6,7 @@
 // moves that receive a code take that instant from the caller, which also puts it in the event).
 import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
 import type { OutboxRow } from "../../kit/events/index.js";
-import { lastInTransaction } from "../../kit/db.js";
+import { lastInTransaction, prepared } from "../../kit/db.js";
 import { newId } from "../../kit/ids.js";
 import { MOVES, STATUS_MESSAGES, stateForStatus, type Channel, type ProviderStatus, type RequestState } from "../domain/states.js";
 import type { CodeRequestsTable, ProviderDB } from "./schema.js";
@@ -63,6 +63,15 @@ function toRow(r: Selectable<CodeRequestsTable>): CodeRequestRow {
 
 const one = (r: Selectable<CodeRequestsTable> | undefined) => (r ? toRow(r) : undefined);
 
+/**
+ * What the hot statements return, by name: they are `prepared`, and a cached plan of a `*`
+ * would fail once a migration adds a column under a running replica.
+ */
+const COLUMNS = sql.raw(
+  "id, user_id, phone_number, channel, state, status_message, code, provider_status, code_challenge, callback_fingerprint, retry_of_id, " +
+    "attempt_count, last_error, failure_message, created_at, updated_at, acknowledged_at, received_at, delivered_at, expire_at",
+);
+
 export interface NewCodeRequest {
   userId: string;
   phoneNumber: string;
@@ -89,32 +98,18 @@ export async function insertCodeRequest(
 ): Promise<CodeRequestRow> {
   const facts: NewRequestFacts = { id: newId(), userId: input.userId, phoneNumber: input.phoneNumber, channel: input.channel, createdAt: new Date() };
   const event = announce(facts);
-  const row = await trx
-    .with("inserted", (q) =>
-      q
-        .insertInto("code_requests")
-        .values({
-          id: facts.id,
-          user_id: facts.userId,
-          phone_number: facts.phoneNumber,
-          channel: facts.channel,
-          status_message: STATUS_MESSAGES.pending,
-          retry_of_id: input.retryOfId ?? null,
-          created_at: facts.createdAt,
-          expire_at: new Date(facts.createdAt.getTime() + input.deadlineMs),
-        })
-        .returningAll(),
+  const { rows } = await prepared(sql<Selectable<CodeRequestsTable>>`
+    WITH inserted AS (
+      INSERT INTO code_requests (id, user_id, phone_number, channel, status_message, retry_of_id, created_at, expire_at)
+      VALUES (${facts.id}, ${facts.userId}, ${facts.phoneNumber}, ${facts.channel}, ${STATUS_MESSAGES.pending}, ${input.retryOfId ?? null},
+              ${facts.createdAt}, ${new Date(facts.createdAt.getTime() + input.deadlineMs)})
+      RETURNING ${COLUMNS}
+    ), announced AS (
+      INSERT INTO outbox (id, subject, payload, headers)
+      SELECT ${event.id}, ${event.subject}, ${event.payload}, ${event.headers}::jsonb FROM inserted
     )
-    .with("announced", (q) =>
-      q
-        .insertInto("outbox")
-        .columns(["id", "subject", "payload", "headers"])
-        .expression(sql`SELECT ${event.id}, ${event.subject}, ${event.payload}, ${event.headers}::jsonb FROM inserted`),
-    )
-    .selectFrom("inserted")
-    .selectAll()
-    .executeTakeFirstOrThrow();
-  return toRow(row as Selectable<CodeRequestsTable>);
+    SELECT * FROM inserted`).execute(trx);
+  return toRow(rows[0]);
 }
 
 export async function getCodeRequest(db: Db, id: string): Promise<CodeRequestRow | undefined> {
@@ -188,13 +183,14 @@ async function receive(
              ${move.countAttempt ? sql`, attempt_count = attempt_count + 1` : sql``}
        WHERE id = ${id} AND state IN (${sql.join(move.from)})
              ${move.challenge !== undefined ? sql`AND code_challenge = ${move.challenge}` : sql``}
-      RETURNING *
+      RETURNING ${COLUMNS}
     ), announced AS (
       INSERT INTO outbox (id, subject, payload, headers)
       SELECT ${announce.id}, ${announce.subject}, ${announce.payload}, ${announce.headers}::jsonb FROM moved
     )
     SELECT * FROM moved`;
-  const { rows } = await (move.last ? lastInTransaction(statement) : statement).execute(db);
+  // Prepared: each combination of the optional parts is one fixed text.
+  const { rows } = await prepared(move.last ? lastInTransaction(statement) : statement).execute(db);
   return one(rows[0]);
 }
 
@@ -222,14 +218,11 @@ export function receiveCallbackCode(
 
 /** succeeded / late_succeeded → delivered. False when the move did not apply. */
 export async function markDelivered(trx: Db, id: string): Promise<boolean> {
-  const row = await trx
-    .updateTable("code_requests")
-    .set({ state: "delivered", delivered_at: sql<Date>`clock_timestamp()`, updated_at: sql<Date>`clock_timestamp()` })
-    .where("id", "=", id)
-    .where("state", "in", MOVES.deliver.from)
-    .returning("id")
-    .executeTakeFirst();
-  return Boolean(row);
+  const { rows } = await prepared(sql<{ id: string }>`
+    UPDATE code_requests SET state = 'delivered', delivered_at = clock_timestamp(), updated_at = clock_timestamp()
+    WHERE id = ${id} AND state IN (${sql.join(MOVES.deliver.from)})
+    RETURNING id`).execute(trx);
+  return rows.length > 0;
 }
 
 export interface Failure {

@@ -1,5 +1,6 @@
 // Codes bought from the outside provider, stored once per code request.
 import { sql, type Kysely, type Transaction } from "kysely";
+import { prepared } from "../../kit/db.js";
 import type { OutboxRow } from "../../kit/events/index.js";
 import type { VoucherDB } from "./schema.js";
 
@@ -37,17 +38,18 @@ const toPurchased = (r: Record<string, any>): PurchasedCode => ({
  * only when the row is inserted.
  */
 export async function storePurchased(db: Db, p: PurchasedCode, announce: OutboxRow): Promise<PurchasedCode> {
-  const { rows } = await sql<Record<string, any>>`
+  // Prepared: every purchased code runs it; so its columns are named (no `*` in a cached plan).
+  const { rows } = await prepared(sql<Record<string, any>>`
     WITH stored AS (
       INSERT INTO purchased_codes (id, code_request_id, user_id, phone_number, code, channel, provider_status, receive_time, created_at)
       VALUES (${p.id}, ${p.codeRequestId}, ${p.userId}, ${p.phoneNumber}, ${p.code}, ${p.channel}, ${p.providerStatus}, ${p.receiveTime}, ${p.createdAt})
       ON CONFLICT (code_request_id) DO NOTHING
-      RETURNING *
+      RETURNING id, code_request_id, user_id, phone_number, code, channel, provider_status, receive_time, created_at
     ), announced AS (
       INSERT INTO outbox (id, subject, payload, headers)
       SELECT ${announce.id}, ${announce.subject}, ${announce.payload}, ${announce.headers}::jsonb FROM stored
     )
-    SELECT * FROM stored`.execute(db);
+    SELECT * FROM stored`).execute(db);
   if (rows[0]) return toPurchased(rows[0]);
   // A conflict: the request's code is stored already (read in a statement of its own, since a
   // row committed after this statement began is not in its snapshot).
