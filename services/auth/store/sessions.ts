@@ -11,7 +11,7 @@ import { prepared } from "../../kit/db.js";
 import type { OutboxRow } from "../../kit/events/index.js";
 import { newId } from "../../kit/ids.js";
 import type { AuthDB } from "./schema.js";
-import type { UserRow } from "./users.js";
+import { USER_COLUMNS_SQL, type UserRow } from "./users.js";
 
 type Db = Kysely<AuthDB> | Transaction<AuthDB>;
 
@@ -78,10 +78,7 @@ export async function recordLoginAndStartSession(
   now = new Date(),
 ): Promise<LoginRecord> {
   const { sessionId, expiresAt, idleExpiresAt } = sessionTimes(lifetimes, now);
-  const columns = sql.raw(
-    `id, full_name AS "fullName", username, email, phone_number AS "phoneNumber", to_char(birthday, 'YYYY-MM-DD') AS birthday, roles,
-     created_at AS "createdAt", updated_at AS "updatedAt", first_login_at AS "firstLoginAt", last_login_at AS "lastLoginAt"`,
-  );
+  const columns = USER_COLUMNS_SQL;
   // Prepared: planning these six parts costs Postgres more than running them. (Its `*` is
   // over the CTEs' named columns, so a column added to users changes nothing.)
   const { rows } = await prepared(sql<UserRow & { firstLogin: boolean }>`
