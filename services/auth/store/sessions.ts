@@ -78,18 +78,17 @@ export async function recordLoginAndStartSession(
   now = new Date(),
 ): Promise<LoginRecord> {
   const { sessionId, expiresAt, idleExpiresAt } = sessionTimes(lifetimes, now);
-  const columns = USER_COLUMNS_SQL;
   // Prepared: planning these six parts costs Postgres more than running them. (Its `*` is
   // over the CTEs' named columns, so a column added to users changes nothing.)
   const { rows } = await prepared(sql<UserRow & { firstLogin: boolean }>`
     WITH first AS (
       UPDATE users SET first_login_at = ${now}, last_login_at = ${now}
       WHERE id = ${userId} AND first_login_at IS NULL
-      RETURNING ${columns}, true AS "firstLogin"
+      RETURNING ${USER_COLUMNS_SQL}, true AS "firstLogin"
     ), later AS (
       UPDATE users SET last_login_at = ${now}
       WHERE id = ${userId} AND NOT EXISTS (SELECT 1 FROM first)
-      RETURNING ${columns}, false AS "firstLogin"
+      RETURNING ${USER_COLUMNS_SQL}, false AS "firstLogin"
     ), first_event AS (
       INSERT INTO outbox (id, subject, payload, headers)
       SELECT ${events.first.id}, ${events.first.subject}, ${events.first.payload}, ${events.first.headers}::jsonb WHERE EXISTS (SELECT 1 FROM first)
