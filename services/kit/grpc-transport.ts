@@ -56,8 +56,17 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
     contextValues: contextValues ?? createContextValues(),
   });
 
+  // grpc-js throws a plain Error for a call on a closed channel; callers retry on UNAVAILABLE.
+  let closed = false;
+  const refuseIfClosed = () => {
+    if (closed) throw new ConnectError(`the channel to ${url.host} is closed`, Code.Unavailable);
+  };
+
   return {
-    close: () => client.close(),
+    close: () => {
+      closed = true;
+      client.close();
+    },
 
     unary<I extends DescMessage, O extends DescMessage>(
       method: DescMethodUnary<I, O>,
@@ -74,6 +83,7 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
         req: { stream: false, ...requestOf(method, header, contextValues), message: input },
         next: (req) =>
           new Promise((resolve, reject) => {
+            refuseIfClosed();
             const responseHeader = new Headers();
             const trailer = new Headers();
             const call = client.makeUnaryRequest(
@@ -112,6 +122,7 @@ export function createServiceTransport(opts: ServiceTransportOptions): ServiceTr
             throw new ConnectError(`${method.methodKind} calls are not made by Vouch services`, Code.Unimplemented);
           }
           const first = await single(req.message);
+          refuseIfClosed();
           const responseHeader = new Headers();
           const trailer = new Headers();
           const call = client.makeServerStreamRequest(

@@ -257,6 +257,16 @@ describe("gRPC between processes", () => {
       assert.equal((await errorOf((async () => { for await (const _ of client.exportCodes({ bookId: "b" })) break; })())).code, Code.Unauthenticated);
     });
 
+    test("after close, unary and streaming calls fail UNAVAILABLE, as for a peer that is down", async () => {
+      const closing = createServiceTransport({ baseUrl: server.url });
+      const peer = createClient(VoucherService, closing);
+      assert.equal((await peer.validateVoucher({ code: "OK-8" }, auth)).valid, true);
+      closing.close();
+      assert.equal(Code[(await errorOf(peer.validateVoucher({ code: "OK-8" }, auth))).code], "Unavailable");
+      const streamed = await errorOf((async () => { for await (const _ of peer.exportCodes({ bookId: "b" }, auth)) break; })());
+      assert.equal(Code[streamed.code], "Unavailable");
+    });
+
     test("a peer that was down is called again within two seconds of coming back", async () => {
       const port = await freePort();
       const peerTransport = createServiceTransport({ baseUrl: `http://127.0.0.1:${port}` });
