@@ -31,11 +31,14 @@ export interface ServiceTokenSource {
   token(): Promise<string>;
   /** Adds `Authorization: Bearer <service token>` to every call of a client. */
   interceptor: Interceptor;
+  /** Closes the channel to auth (on shutdown). */
+  close(): void;
 }
 
 export function createServiceTokenSource(opts: ServiceCredentials & { authUrl: string; renewBeforeMs?: number }): ServiceTokenSource {
   const renewBeforeMs = opts.renewBeforeMs ?? 60_000;
-  const auth = createClient(AuthService, createServiceTransport({ baseUrl: opts.authUrl }));
+  const authTransport = createServiceTransport({ baseUrl: opts.authUrl });
+  const auth = createClient(AuthService, authTransport);
   let cached: { token: string; expiresAt: number } | undefined;
   let pending: Promise<string> | undefined;
 
@@ -60,5 +63,6 @@ export function createServiceTokenSource(opts: ServiceCredentials & { authUrl: s
       req.header.set("authorization", `Bearer ${await token()}`);
       return next(req);
     },
+    close: () => authTransport.close(),
   };
 }

@@ -58,6 +58,9 @@ export async function startPromotion(config: Config, settings: PromotionSettings
     const topUpsFinished = counter(registry, "vouch_promotion_top_ups_finished_total", "Top-up orders that reached a final state, by state.", ["state"]);
 
     const voucher = createVoucherGateway({ voucherUrl: config.peers.voucher, authUrl: config.peers.auth, timeoutMs: settings.voucherCallTimeoutMs, env: opts.env });
+    // Registered before the consumers and the sweeper: closers run in reverse, so the
+    // channels close only after everything that calls voucher has stopped.
+    platform.onClose(() => voucher.close());
     const operator = opts.operator ?? createSimulatedOperator({ refuse: settings.operatorRefuses });
 
     const campaigns = new Campaigns({ db, voucher, defaultCodePattern: settings.defaultCodePattern, log, onChange: () => void invalidateActiveCache(redis) });

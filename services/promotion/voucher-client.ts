@@ -109,15 +109,22 @@ export interface VoucherGateway {
   release(token: string): Promise<void>;
   redeem(input: { code: string; userId: string; orderReference: string; amount: Money; reservationToken: string; requestId: string }): Promise<{ redemptionId: string }>;
   rollback(redemptionId: string, reason: string, requestId: string): Promise<void>;
+  /** Closes the channels to voucher and auth (on shutdown, after everything that calls them stopped). */
+  close(): void;
 }
 
 export function createVoucherGateway(opts: VoucherGatewayOptions): VoucherGateway {
   const tokens = createServiceTokenSource({ authUrl: opts.authUrl, ...serviceCredentials("promotion", opts.env) });
-  const client = createClient(VoucherService, createServiceTransport({ baseUrl: opts.voucherUrl, interceptors: [tokens.interceptor] }));
+  const transport = createServiceTransport({ baseUrl: opts.voucherUrl, interceptors: [tokens.interceptor] });
+  const client = createClient(VoucherService, transport);
   const call = { timeoutMs: opts.timeoutMs };
 
   return {
     client,
+    close() {
+      transport.close();
+      tokens.close();
+    },
     async createBook(book, initialCodeCount, requestId) {
       const res = await client.createBook({ book, initialCodeCount, requestId }, call);
       return res.book!.id;

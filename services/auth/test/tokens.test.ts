@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { createPrivateKey, generateKeyPairSync, randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { SignJWT, UnsecuredJWT, decodeProtectedHeader } from "jose";
 import { toJsonString } from "@bufbuild/protobuf";
 import { ListSigningKeysResponseSchema, Role, SigningKeyState } from "../../../gen/vouch/auth/v1/auth_pb.js";
@@ -139,6 +139,15 @@ describe("auth: tokens and keys", () => {
     await h.client.getUser({ userId: user.id }, as({ token }));
     await expectError(h.client.grantRole({ userId: user.id, role: Role.ADMIN }, as({ token })), Code.PermissionDenied, "ADMIN_REQUIRED");
     await expectError(h.client.rotateSigningKey({}, as({ token })), Code.PermissionDenied, "ADMIN_REQUIRED");
+    tokens.close();
+  });
+
+  test("a closed service-token source has released its channel: asking for a token fails UNAVAILABLE", async () => {
+    const tokens = createServiceTokenSource({ authUrl: h.url, ...serviceCredentials("promotion", {}) });
+    tokens.close();
+    const err = await tokens.token().then(() => undefined, (e: unknown) => e);
+    assert.ok(err instanceof ConnectError, `expected a ConnectError, got ${String(err)}`);
+    assert.equal(Code[err.code], Code[Code.Unavailable]);
   });
 
   test("rotation: the next key was published before it signs, old tokens keep working, new ones verify everywhere", async () => {
