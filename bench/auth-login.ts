@@ -1,12 +1,12 @@
 // Login throughput of the real auth service against the cost of its password hash.
 //
-//   npx tsx bench/auth-login.ts [--seconds 10] [--clients 32] [--users 64] [--protocol grpc|connect]
+//   npx tsx bench/auth-login.ts [--seconds 24] [--clients 32] [--users 64] [--protocol grpc|connect]
 //   BENCH_CPU_PROF=/tmp/prof npx tsx bench/auth-login.ts   (also writes a CPU profile of the service)
 //
 // Starts auth as its own process (services/auth/main.ts) on a spare loopback port, with a
 // throwaway database, Redis key prefix and JetStream stream, and throttling raised out of
 // the way (the bench measures login, not the limiter). Then, in one run on this machine,
-// alternating three times:
+// alternating in rounds of about 4 s (3 to 6 rounds):
 //   - raw argon2id verifications per second: the same verify, same parameters, 32 at a
 //     time in this process, while the service is idle;
 //   - logins per second with 32 concurrent gRPC clients over loopback, with latencies;
@@ -37,7 +37,7 @@ const { values: args } = parseArgs({
     protocol: { type: "string", default: "grpc" },
   },
 });
-const SECONDS = args.seconds ? Number(args.seconds) : options.seconds(10);
+const SECONDS = args.seconds ? Number(args.seconds) : options.seconds(24);
 const CLIENTS = Number(args.clients);
 const USERS = Number(args.users);
 const PASSWORD = "bench passphrase, long enough";
@@ -178,7 +178,9 @@ async function main() {
 
     // The machine is shared: raw and login phases alternate, so a burst of someone else's
     // load lands on both sides of the ratio rather than on one.
-    const ROUNDS = 3;
+    // Six rounds by default: with three rounds of 3.3 s, runs of the same code spread from
+    // 0.66 to 0.75, wider than the changes the ratio is meant to judge.
+    const ROUNDS = Math.min(6, Math.max(3, Math.round(SECONDS / 4)));
     const raw = { verifications: 0, seconds: 0, cpu: {} as Record<string, number>, rates: [] as number[] };
     const login = { latencies: [] as number[], errors: 0, seconds: 0, cpu: {} as Record<string, number>, rates: [] as number[], commits: 0 };
     const threadsBefore = threadCpu(child.pid!);
