@@ -1,7 +1,7 @@
 // Users: accounts, password hashes, roles, login bookkeeping. Functions take the kysely
 // instance or a transaction; they return plain rows, never protocol types.
 import { sql, type Kysely, type Transaction } from "kysely";
-import { prepared } from "../../kit/db.js";
+import { executePrepared } from "../../kit/db.js";
 import { alreadyExists } from "../../kit/errors.js";
 import { newId } from "../../kit/ids.js";
 import { advisoryLockKey } from "../../kit/migrate.js";
@@ -85,7 +85,7 @@ export async function insertUser(trx: Db, profile: Profile, passwordHash: string
 
 const IDENTIFIER_COLUMN = { email: "email", phone: "phone_number", username: "username_key" } as const;
 
-/** `userColumns` for raw statements (the prepared ones name their columns). */
+/** `userColumns` for raw statements (sessions' login statement): keep the two lists alike. */
 export const USER_COLUMNS_SQL = sql.raw(
   `id, full_name AS "fullName", username, email, phone_number AS "phoneNumber", to_char(birthday, 'YYYY-MM-DD') AS birthday, roles,
    created_at AS "createdAt", updated_at AS "updatedAt", first_login_at AS "firstLoginAt", last_login_at AS "lastLoginAt"`,
@@ -93,9 +93,11 @@ export const USER_COLUMNS_SQL = sql.raw(
 
 /** Prepared (one text per kind of identifier): every login runs it. */
 export async function findUserByIdentifier(db: Db, kind: IdentifierKind, value: string): Promise<UserWithHash | undefined> {
-  const { rows } = await prepared(sql<UserWithHash>`
-    SELECT ${USER_COLUMNS_SQL}, password_hash AS "passwordHash" FROM users WHERE ${sql.ref(IDENTIFIER_COLUMN[kind])} = ${value}`).execute(db);
-  return rows[0];
+  const [user] = await executePrepared(
+    db,
+    db.selectFrom("users").select([...userColumns, "password_hash as passwordHash"]).where(IDENTIFIER_COLUMN[kind], "=", value),
+  );
+  return user;
 }
 
 export function getUser(db: Db, id: string): Promise<UserRow | undefined> {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { sql, type Kysely, type Migration } from "kysely";
 import pg from "pg";
-import { createDb, ensureDatabase, lastInTransaction, prepared, withDatabase } from "../db.js";
+import { createDb, ensureDatabase, executePrepared, lastInTransaction, prepared, withDatabase } from "../db.js";
 import { newId } from "../ids.js";
 import { createLogger } from "../log.js";
 import { runMigrations } from "../migrate.js";
@@ -78,6 +78,20 @@ describe("db and migrations", () => {
       assert.equal(rows.length, 1, `one statement kept: ${rows.map((r) => r.statement).join(" | ")}`);
       assert.match(rows[0].statement, /vouch:prepared/);
       assert.equal(rows[0].from_sql, false, "prepared by the protocol, not by a PREPARE");
+    });
+  });
+
+  test("a query made with the builder runs prepared too: one statement kept, each call with its own values", async () => {
+    const db = open("kit_prepared_builder");
+    await sql`CREATE SCHEMA kit_prepared_builder; CREATE TABLE things (id int, name text)`.execute(db);
+    await db.insertInto("things").values([{ id: 1, name: "one" }, { id: 2, name: "two" }]).execute();
+    await db.connection().execute(async (conn) => {
+      const find = (id: number) => executePrepared(conn, conn.selectFrom("things").select("name").where("id", "=", id));
+      assert.deepEqual(await find(1), [{ name: "one" }]);
+      assert.deepEqual(await find(2), [{ name: "two" }]);
+      const { rows } = await sql<{ statement: string }>`SELECT statement FROM pg_prepared_statements`.execute(conn);
+      assert.equal(rows.length, 1, `one statement kept: ${rows.map((r) => r.statement).join(" | ")}`);
+      assert.match(rows[0].statement, /^\/\* vouch:prepared \*\/ select "name" from "things"/);
     });
   });
 
