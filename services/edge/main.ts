@@ -1,7 +1,7 @@
-// Composition root of the browser edge: config → platform (Redis for rate limits, the token
-// verifier with revocation) → one gRPC transport per service → generic forwarding of every
-// browser-facing rpc → CORS, security headers, JWKS, the console's static build → the kit's
-// listener, like every service, with the edge's interceptors and its CORS in front.
+// Composition root of the browser edge: config → platform (Redis for rate limits and the
+// token verifier's revocation check) → one gRPC transport per service → generic forwarding
+// of every browser-facing rpc → CORS, security headers, JWKS, the console's static build →
+// the kit's listener, like every service, with the edge's interceptors and its CORS in front.
 //
 // `startEdge` builds and listens on the configured port (0 in tests); run as a program, this
 // file also stops gracefully on SIGTERM/SIGINT.
@@ -17,7 +17,6 @@ import type { TokenVerifier } from "../kit/auth.js";
 import { loadConfig, type Config } from "../kit/config.js";
 import { listen, startPlatform, type Platform } from "../kit/platform.js";
 import { createRateLimiter } from "../kit/ratelimit.js";
-import { createRevocationCheck } from "../kit/revocation.js";
 import type { RunningServer } from "../kit/server.js";
 import { consoleRoute } from "./console.js";
 import { createCorsPolicy } from "./cors.js";
@@ -27,7 +26,6 @@ import { perIpLimit, perUserLimit } from "./limits.js";
 import { hiddenRpcGuard, refuseServiceTokens } from "./policy.js";
 import { setSecurityHeaders } from "./security-headers.js";
 import { loadEdgeSettings, type EdgeSettings } from "./settings.js";
-import { createEdgeVerifier } from "./verifier.js";
 
 /** The services the edge fronts, and which peer serves each. */
 export const FRONTED: [DescService, keyof Config["peers"]][] = [
@@ -45,16 +43,12 @@ export interface EdgeProcess {
 }
 
 export async function startEdge(config: Config, settings: EdgeSettings, opts: { verifier?: TokenVerifier } = {}): Promise<EdgeProcess> {
-  // The edge builds its own verifier (see verifier.ts), on the platform's Redis client; passing
-  // one to startPlatform also keeps it from opening a second client for revocation checks.
-  let verifier: TokenVerifier | undefined = opts.verifier;
-  const platform = await startPlatform<unknown>(config, { redis: true, verifier: { verify: (token) => verifier!.verify(token) } });
+  // The platform's verifier, like every service's: auth's keys, each token's signature
+  // checked once and remembered, its expiry and revocation (on the platform's Redis client)
+  // on every call.
+  const platform = await startPlatform<unknown>(config, { redis: true, verifier: opts.verifier });
   try {
     const { log, metrics, redis } = platform;
-    if (!verifier) {
-      const revocation = createRevocationCheck({ redis, log, registry: metrics.registry });
-      verifier = createEdgeVerifier(config, revocation.isRevoked);
-    }
     const limiter = (name: string, limit: NonNullable<EdgeSettings["perIpLimit"]>) =>
       createRateLimiter(redis, { name, ...limit, log, registry: metrics.registry });
     const beforeAuth = [hiddenRpcGuard()];
@@ -73,7 +67,6 @@ export async function startEdge(config: Config, settings: EdgeSettings, opts: { 
           forwardService(router, service, transport, { defaultTimeoutMs: settings.defaultTimeoutMs });
         }
       },
-      verifier,
       // Security headers on every answer; CORS before anything else (preflights end here).
       wrapHandler: (next) => (req, res) => {
         setSecurityHeaders(res);

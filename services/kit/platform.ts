@@ -60,11 +60,14 @@ export async function startPlatform<DB>(config: Config, opts: PlatformOptions): 
   // Closers run in reverse: the spans of the shutdown itself are flushed last.
   const closers: (() => Promise<unknown> | unknown)[] = [flushTraces];
   const readiness: ReadinessCheck[] = [];
-  // Tokens revoked by auth (password change, role revoked) are refused here too; the
-  // check opens its own Redis client on first use (see revocation.ts).
+  const redis = opts.redis ? createRedis(config.redisUrl, { keyPrefix: config.redisKeyPrefix, log, name: config.service }) : undefined;
+  if (redis) closers.push(() => redis.quit().catch(() => redis.disconnect()));
+  // Tokens revoked by auth (password change, role revoked) are refused here too, checked on
+  // the service's own Redis client when it has one, else on one the check opens on first
+  // use (see revocation.ts).
   const revocation = opts.verifier
     ? undefined
-    : createRevocationCheck({ redis: { url: config.redisUrl, keyPrefix: config.redisKeyPrefix }, log, registry: metrics.registry });
+    : createRevocationCheck({ redis: redis ?? { url: config.redisUrl, keyPrefix: config.redisKeyPrefix }, log, registry: metrics.registry });
   if (revocation) closers.push(() => revocation.close());
   const platform: Platform<DB> = {
     config,
@@ -111,9 +114,7 @@ export async function startPlatform<DB>(config: Config, opts: PlatformOptions): 
     readiness.push({ name: "postgres", check: () => sql`SELECT 1`.execute(db) });
     platform.db = db;
   }
-  if (opts.redis) {
-    const redis = createRedis(config.redisUrl, { keyPrefix: config.redisKeyPrefix, log, name: config.service });
-    closers.push(() => redis.quit().catch(() => redis.disconnect()));
+  if (redis) {
     readiness.push({
       name: "redis",
       check: async () => {
