@@ -1,6 +1,6 @@
 // Users: accounts, password hashes, roles, login bookkeeping. Functions take the kysely
 // instance or a transaction; they return plain rows, never protocol types.
-import { sql, type Kysely, type Transaction } from "kysely";
+import { DummyDriver, Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, sql, type Transaction } from "kysely";
 import { executePrepared } from "../../kit/db.js";
 import { alreadyExists } from "../../kit/errors.js";
 import { newId } from "../../kit/ids.js";
@@ -85,11 +85,25 @@ export async function insertUser(trx: Db, profile: Profile, passwordHash: string
 
 const IDENTIFIER_COLUMN = { email: "email", phone: "phone_number", username: "username_key" } as const;
 
-/** `userColumns` for raw statements (sessions' login statement): keep the two lists alike. */
-export const USER_COLUMNS_SQL = sql.raw(
-  `id, full_name AS "fullName", username, email, phone_number AS "phoneNumber", to_char(birthday, 'YYYY-MM-DD') AS birthday, roles,
-   created_at AS "createdAt", updated_at AS "updatedAt", first_login_at AS "firstLoginAt", last_login_at AS "lastLoginAt"`,
-);
+/**
+ * `userColumns` as SQL text, for raw statements (sessions' login statement): compiled once
+ * from the same list, so the two cannot drift apart. (Building that six-part statement with
+ * the query builder instead costs ~150 µs per login.)
+ */
+export const USER_COLUMNS_SQL = (() => {
+  const compiler = new Kysely<AuthDB>({
+    dialect: {
+      createAdapter: () => new PostgresAdapter(),
+      createDriver: () => new DummyDriver(),
+      createIntrospector: (db) => new PostgresIntrospector(db),
+      createQueryCompiler: () => new PostgresQueryCompiler(),
+    },
+  });
+  const { sql: text, parameters } = compiler.selectFrom("users").select(userColumns).compile();
+  const list = /^select (.+) from "users"$/.exec(text)?.[1];
+  if (!list || parameters.length > 0) throw new Error(`userColumns did not compile to a plain column list: ${text}`);
+  return sql.raw(list);
+})();
 
 /** Prepared (one text per kind of identifier): every login runs it. */
 export async function findUserByIdentifier(db: Db, kind: IdentifierKind, value: string): Promise<UserWithHash | undefined> {
