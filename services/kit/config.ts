@@ -38,6 +38,12 @@ export interface Config {
   peers: Record<"auth" | "promotion" | "voucher" | "provider", string>;
   /** Grace period for in-flight calls on SIGTERM before connections are cut. */
   shutdownGraceMs: number;
+  /**
+   * HTTP/2 connections are closed gracefully (GOAWAY: calls in flight and streams finish)
+   * after about this long, so gRPC clients resolve the service's name again and spread
+   * over replicas added since (0: never).
+   */
+  maxConnectionAgeMs: number;
   /** Connections in the service's Postgres pool (consumers may open their own). */
   databasePoolSize?: number;
   /**
@@ -98,6 +104,7 @@ export function loadConfig(service: ServiceName, env: Env = process.env): Config
       provider: peerUrl(env, "provider"),
     },
     shutdownGraceMs: int(env, "SHUTDOWN_GRACE_MS", 10_000),
+    maxConnectionAgeMs: int(env, "MAX_CONNECTION_AGE_MS", 300_000),
     databasePoolSize: Math.max(1, int(env, "DATABASE_POOL_SIZE", 10)),
     trustForwardedFor: bool(env, "TRUST_FORWARDED_FOR", false),
   };

@@ -29,7 +29,14 @@ export interface ServiceTransport extends Transport {
 
 // A peer that restarts is reachable again within a second of coming back: grpc-js's default
 // backoff grows to two minutes, far longer than any of our services takes to restart.
+// Calls are spread over every address the peer's name resolves to (a headless Service's
+// pods, a Compose service's replicas), one call each in turn, not all to the first one;
+// the name is resolved again when a connection ends (a replica's maximum connection age,
+// `MAX_CONNECTION_AGE_MS`, ends each one), at most every 5 s.
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+  "grpc.service_config_disable_resolution": 1,
+  "grpc.dns_min_time_between_resolutions_ms": 5_000,
   "grpc.initial_reconnect_backoff_ms": 100,
   "grpc.max_reconnect_backoff_ms": 1_000,
   "grpc.keepalive_time_ms": 30_000,

@@ -177,7 +177,15 @@ export function createServiceServer(opts: ServiceServerOptions) {
   const sessions = new Set<http2.Http2Session>();
   h2.on("session", (session) => {
     sessions.add(session);
-    session.once("close", () => sessions.delete(session));
+    // A gRPC client keeps one connection per address it resolved, for good: ending each
+    // after its maximum age (±10%, so a fleet's connections do not all end at once) makes
+    // it resolve again and take in replicas added meanwhile. Graceful: in-flight calls and
+    // streams finish on the old connection, new calls go to a new one.
+    const aged = config.maxConnectionAgeMs > 0 ? setTimeout(() => session.close(), config.maxConnectionAgeMs * (0.9 + Math.random() * 0.2)).unref() : undefined;
+    session.once("close", () => {
+      clearTimeout(aged);
+      sessions.delete(session);
+    });
   });
   const sockets = new Set<net.Socket>();
 
