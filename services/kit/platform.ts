@@ -97,48 +97,55 @@ export async function startPlatform<DB>(config: Config, opts: PlatformOptions): 
     },
   };
 
-  if (opts.postgres || opts.events) {
-    await ensureDatabase(config.databaseUrl);
-    const db = createDb<DB>({ url: config.databaseUrl, schema: config.dbSchema, log, max: config.databasePoolSize });
-    closers.push(() => db.destroy());
-    const migrations = {
-      ...(opts.events ? { "0000_events": outboxMigration } : {}),
-      ...(opts.requestIds ? { "0000_idempotency": idempotencyMigration } : {}),
-      ...opts.migrations,
-    };
-    await runMigrations(db, { schema: config.dbSchema, migrations, log });
-    if (opts.requestIds) {
-      const pruning = startRequestIdPruning(db, log, opts.requestIds === true ? {} : opts.requestIds);
-      closers.push(() => pruning.stop());
+  // A step that fails (a migration, the stream's settings) closes what the steps before it
+  // opened: the caller gets the error, not a process held open by a pool or a socket.
+  try {
+    if (opts.postgres || opts.events) {
+      await ensureDatabase(config.databaseUrl);
+      const db = createDb<DB>({ url: config.databaseUrl, schema: config.dbSchema, log, max: config.databasePoolSize });
+      closers.push(() => db.destroy());
+      const migrations = {
+        ...(opts.events ? { "0000_events": outboxMigration } : {}),
+        ...(opts.requestIds ? { "0000_idempotency": idempotencyMigration } : {}),
+        ...opts.migrations,
+      };
+      await runMigrations(db, { schema: config.dbSchema, migrations, log });
+      if (opts.requestIds) {
+        const pruning = startRequestIdPruning(db, log, opts.requestIds === true ? {} : opts.requestIds);
+        closers.push(() => pruning.stop());
+      }
+      readiness.push({ name: "postgres", check: () => sql`SELECT 1`.execute(db) });
+      platform.db = db;
     }
-    readiness.push({ name: "postgres", check: () => sql`SELECT 1`.execute(db) });
-    platform.db = db;
-  }
-  if (redis) {
-    readiness.push({
-      name: "redis",
-      check: async () => {
-        if (!(await pingRedis(redis))) throw new Error("redis does not answer");
-      },
-    });
-    platform.redis = redis;
-  }
-  if (opts.events) {
-    const nc = await connectNats(config.natsUrl, log, { name: config.service });
-    closers.push(() => nc.drain().catch(() => nc.close()));
-    await ensureStream(nc, { name: config.natsStream, subjectPrefix: config.natsSubjectPrefix });
-    readiness.push({ name: "nats", check: () => nc.flush() });
-    platform.nc = nc;
-    const relay = startOutboxRelay({
-      db: platform.db,
-      databaseUrl: config.databaseUrl,
-      schema: config.dbSchema,
-      nc,
-      subjectPrefix: config.natsSubjectPrefix,
-      log,
-      registry: metrics.registry,
-    });
-    closers.push(() => relay.stop());
+    if (redis) {
+      readiness.push({
+        name: "redis",
+        check: async () => {
+          if (!(await pingRedis(redis))) throw new Error("redis does not answer");
+        },
+      });
+      platform.redis = redis;
+    }
+    if (opts.events) {
+      const nc = await connectNats(config.natsUrl, log, { name: config.service });
+      closers.push(() => nc.drain().catch(() => nc.close()));
+      await ensureStream(nc, { name: config.natsStream, subjectPrefix: config.natsSubjectPrefix });
+      readiness.push({ name: "nats", check: () => nc.flush() });
+      platform.nc = nc;
+      const relay = startOutboxRelay({
+        db: platform.db,
+        databaseUrl: config.databaseUrl,
+        schema: config.dbSchema,
+        nc,
+        subjectPrefix: config.natsSubjectPrefix,
+        log,
+        registry: metrics.registry,
+      });
+      closers.push(() => relay.stop());
+    }
+  } catch (err) {
+    await platform.close();
+    throw err;
   }
   return platform;
 }
