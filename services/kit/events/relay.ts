@@ -10,8 +10,11 @@
 //   within its duplicate window (2 min); consumers dedupe by event id past that.
 // - prompt: LISTEN vouch_outbox wakes the relay on commit; a poll every pollMs is the
 //   safety net for a lost listener connection.
-// - batched: a wake-up waits notifyDebounceMs for the rest of a burst of commits, so many
-//   commits at once cost one claim-publish-mark transaction, not one each.
+// - batched without waiting when idle: batches start at most every batchIntervalMs. A commit
+//   after a quiet spell wakes the relay at once; commits that come while the last batch is
+//   younger than the interval wait for it to pass and go out together. Under load, one
+//   claim-publish-mark transaction carries an interval's worth of events instead of one or
+//   two (bench/auth-login.ts: 2.4 Postgres transactions per login instead of 2.8 at 10 ms).
 // - cheap: that transaction is two round trips on the relay's own connection, not four
 //   (`BEGIN; SELECT … FOR UPDATE SKIP LOCKED`, then `UPDATE …; COMMIT`, each one message of
 //   the simple protocol). At a few events per second nearly every event is a batch of its
@@ -38,8 +41,8 @@ export interface OutboxRelayOptions {
   registry: Registry;
   /** Safety-net poll interval (default 1 s). */
   pollMs?: number;
-  /** How long a NOTIFY waits for more commits before the relay wakes (default 10 ms). */
-  notifyDebounceMs?: number;
+  /** Shortest time between the starts of two batches woken by NOTIFY (default 50 ms); a backlog drains without pause. */
+  batchIntervalMs?: number;
   /** Rows claimed per transaction (default 100). */
   batchSize?: number;
   /** How long to wait for each PubAck (default 5 s). */
@@ -69,7 +72,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   const db = (opts.db as Kysely<EventTables>).withSchema(schema);
   const log = opts.log.child({ component: "outbox-relay", schema });
   const pollMs = opts.pollMs ?? 1_000;
-  const notifyDebounceMs = opts.notifyDebounceMs ?? 10;
+  const batchIntervalMs = opts.batchIntervalMs ?? 50;
   const batchSize = opts.batchSize ?? 100;
   const publishTimeoutMs = opts.publishTimeoutMs ?? 5_000;
   const minBackoffMs = opts.minBackoffMs ?? 250;
@@ -91,14 +94,18 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     pendingWake = true;
     for (const s of sleepers) if (s.wakeable) s.finish();
   };
-  // The first notification of a burst starts the timer; the others ride along.
-  let debounce: NodeJS.Timeout | undefined;
+  // A notification wakes the relay at once if the last batch began an interval ago or more;
+  // otherwise it sets the timer for the interval's end, and the others ride along.
+  let lastBatchAt = -Infinity;
+  let wakeTimer: NodeJS.Timeout | undefined;
   const wakeSoon = () => {
-    if (notifyDebounceMs <= 0) return wake();
-    debounce ??= setTimeout(() => {
-      debounce = undefined;
+    if (wakeTimer) return;
+    const wait = lastBatchAt + batchIntervalMs - performance.now();
+    if (wait <= 0) return wake();
+    wakeTimer = setTimeout(() => {
+      wakeTimer = undefined;
       wake();
-    }, notifyDebounceMs);
+    }, wait);
   };
   /** Resolves after ms, on stop, or (if wakeable) on a notification, including one that came in before. */
   const sleep = (ms: number, wakeable: boolean) =>
@@ -171,6 +178,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   async function publishBatch(): Promise<{ claimed: number; error?: unknown }> {
     pendingWake = false;
+    lastBatchAt = performance.now();
     const outcome = await claimPublishMark();
     // Metrics only after the marks are committed.
     if ("ok" in outcome && outcome.ok) {
@@ -299,7 +307,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     stop() {
       stopped ??= (async () => {
         stopping = true;
-        clearTimeout(debounce);
+        clearTimeout(wakeTimer);
         for (const s of sleepers) s.finish();
         await listener?.end().catch(() => {});
         await Promise.all([running, listening]);

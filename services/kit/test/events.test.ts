@@ -203,20 +203,30 @@ describe("transactional outbox", () => {
     await waitFor("the lag gauge back to zero", async () => (await metricValue(registry, "vouch_outbox_oldest_pending_seconds", { schema })) === 0, 3_000);
   });
 
-  test("a burst of commits wakes the relay once (NOTIFY from the outbox's trigger, debounced) and goes out as one batch", async () => {
+  test("a commit after a quiet spell goes out at once; commits during the batch interval wait for it and share one batch", async () => {
     const { db, schema } = await freshService("burst");
     const { stream, subjectPrefix } = await freshStream("burst");
     const registry = new Registry();
+    const INTERVAL_MS = 1_500;
     // No polling to fall back on: only the trigger's NOTIFY can wake this relay.
-    relay({ db, schema, subjectPrefix, registry, pollMs: 60_000, notifyDebounceMs: 300 });
-    await new Promise((r) => setTimeout(r, 200)); // the listener is connected
+    relay({ db, schema, subjectPrefix, registry, pollMs: 60_000, batchIntervalMs: INTERVAL_MS });
+    // The listener is connected, and the relay's first (empty) batch at start is an interval old.
+    await new Promise((r) => setTimeout(r, INTERVAL_MS + 100));
 
+    const started = performance.now();
+    await enqueueBatch(db, ["after a quiet spell"]);
+    await waitFor("the first commit published", async () => (await unpublished(db)) === 0, INTERVAL_MS);
+    const firstMs = performance.now() - started;
+    assert.ok(firstMs < INTERVAL_MS / 2, `a lone commit is not held for the interval: published after ${firstMs.toFixed(0)} ms`);
+
+    // 20 separate commits right after that batch: they wait for the interval to pass, then go together.
     const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => enqueueBatch(db, [`burst ${i}`]).then(([id]) => id)));
-    await waitFor("the burst published", async () => (await unpublished(db)) === 0, 5_000);
+    await waitFor("the burst published", async () => (await unpublished(db)) === 0, 2 * INTERVAL_MS);
+    const burstMs = performance.now() - started;
+    assert.ok(burstMs >= INTERVAL_MS - 100, `the burst waited for the interval: published after ${burstMs.toFixed(0)} ms`);
 
-    assert.equal((await readStream(nc, stream)).length, ids.length);
-    const batches = await metricValue(registry, "vouch_outbox_batches_total", { schema });
-    assert.ok(batches >= 1 && batches <= 2, `20 separate commits went out in ${batches} batches`);
+    assert.equal((await readStream(nc, stream)).length, ids.length + 1);
+    assert.equal(await metricValue(registry, "vouch_outbox_batches_total", { schema }), 2, "one batch for the lone commit, one for the 20 of the burst");
   });
 
   test("a claim-publish-mark transaction is two round trips on the relay's own connection", async () => {
@@ -233,7 +243,7 @@ describe("transactional outbox", () => {
       pg.Client.prototype.query = original;
     });
     const registry = new Registry();
-    relay({ db, schema, subjectPrefix, registry, pollMs: 60_000, notifyDebounceMs: 0 });
+    relay({ db, schema, subjectPrefix, registry, pollMs: 60_000, batchIntervalMs: 0 });
     await new Promise((r) => setTimeout(r, 200)); // the listener is connected
 
     const ids = await enqueueBatch(db, Array.from({ length: 20 }, (_, i) => `one commit ${i}`));
