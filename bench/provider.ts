@@ -178,8 +178,6 @@ async function main() {
     }
     const countIn = async (ids: string[], states: string[]) =>
       Number((await pool.query("SELECT count(*) AS n FROM provider.code_requests WHERE id = ANY($1) AND state = ANY($2)", [ids, states])).rows[0].n);
-    /** All requests in a state (an index-only count, cheap enough to poll while measuring). */
-    const countState = async (state: string) => Number((await pool.query("SELECT count(*) AS n FROM provider.code_requests WHERE state = $1", [state])).rows[0].n);
     /** Delivered requests whose code the voucher service had not stored first (must be 0). */
     const deliveredUnstored = async (ids: string[]) =>
       Number(
