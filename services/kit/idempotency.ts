@@ -5,14 +5,16 @@
 // insert until the first commits (then gets the stored response) or rolls back (then runs
 // itself). The same id with a different request is ALREADY_EXISTS / REQUEST_ID_REUSED.
 //
-// Three levels, one table and one set of rules:
+// Four levels, one table and one set of rules:
 // - `runIdempotent`: a protobuf response in, the same message out on a replay;
 // - `runOnce`: any result with its own encoding (bytes stored, bytes replayed), and the
 //   transaction opened by the caller's own runner (e.g. one that retries deadlocks);
-// - `claimRequestId` / `recordResponse`: for a transaction the caller already holds.
+// - `claimRequestId` / `recordResponse`: for a transaction the caller already holds;
+// - `insertOnce`: claim, effect and response in one statement, for an insert whose response
+//   is known before it runs (one round trip instead of three).
 import { createHash } from "node:crypto";
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { sql, type ColumnType, type Kysely, type Migration, type Transaction } from "kysely";
+import { sql, type ColumnType, type Kysely, type Migration, type RawBuilder, type Transaction } from "kysely";
 import { lastInTransaction, prepared } from "./db.js";
 import { alreadyExists, type FieldViolation, type VouchError } from "./errors.js";
 import type { Logger } from "./log.js";
@@ -94,6 +96,32 @@ export type RequestClaim = { kind: "new" } | { kind: "replay"; response: Uint8Ar
 
 const EMPTY = new Uint8Array();
 
+type ClaimRow = { claimed: boolean; fingerprint: string | null; response: Uint8Array | null };
+
+/** The `claim` CTE: the id's row, inserted unless it is there (then no row), holding `response`. */
+const claimCte = (key: RequestKey, response: Uint8Array) => sql`claim AS (
+      INSERT INTO idempotency_keys (operation, request_id, caller, fingerprint, response)
+      VALUES (${key.operation}, ${key.requestId}, ${key.caller}, ${key.fingerprint}, ${response})
+      ON CONFLICT (operation, caller, request_id) DO NOTHING
+      RETURNING true AS claimed)`;
+
+/** After `claim`: one row saying it was claimed, or the row that was there. */
+const claimOutcome = (key: RequestKey) => sql<ClaimRow>`
+    SELECT claimed, NULL::text AS fingerprint, NULL::bytea AS response FROM claim
+    UNION ALL
+    SELECT false, fingerprint, response FROM idempotency_keys
+    WHERE operation = ${key.operation} AND caller = ${key.caller} AND request_id = ${key.requestId}
+      AND NOT EXISTS (SELECT 1 FROM claim)`;
+
+async function settleClaim(db: Kysely<IdempotencyTables>, key: RequestKey, rows: ClaimRow[]): Promise<RequestClaim> {
+  // The conflicting row's transaction committed after this statement's snapshot was taken,
+  // so the SELECT arm cannot see it yet: read it again in a fresh statement.
+  const first = rows[0] ?? (await readRequestId(db, key));
+  if (first.claimed) return { kind: "new" };
+  if (first.fingerprint !== key.fingerprint) throw requestIdReused(key.requestId);
+  return { kind: "replay", response: new Uint8Array(first.response!) };
+}
+
 /**
  * Claims the request id inside `trx` (blocking while another transaction holds it), or
  * returns the response stored by the call that committed it. Throws REQUEST_ID_REUSED when
@@ -103,27 +131,32 @@ export async function claimRequestId<DB>(trx: Transaction<DB>, key: RequestKey):
   const keys = trx as unknown as Transaction<IdempotencyTables>;
   // One round trip either way: the insert, or on conflict the row that is there. Prepared:
   // every keyed write of every service runs it.
-  const { rows } = await prepared(sql<{ claimed: boolean; fingerprint: string; response: Uint8Array }>`
-    WITH claim AS (
-      INSERT INTO idempotency_keys (operation, request_id, caller, fingerprint, response)
-      VALUES (${key.operation}, ${key.requestId}, ${key.caller}, ${key.fingerprint}, ${EMPTY})
-      ON CONFLICT (operation, caller, request_id) DO NOTHING
-      RETURNING true AS claimed)
-    SELECT claimed, NULL::text AS fingerprint, NULL::bytea AS response FROM claim
-    UNION ALL
-    SELECT false, fingerprint, response FROM idempotency_keys
-    WHERE operation = ${key.operation} AND caller = ${key.caller} AND request_id = ${key.requestId}
-      AND NOT EXISTS (SELECT 1 FROM claim)`).execute(keys);
-  const row = rows[0];
-  // The conflicting row's transaction committed after this statement's snapshot was taken,
-  // so the SELECT arm cannot see it yet: read it again in a fresh statement.
-  const first = row ?? (await readRequestId(keys, key));
-  if (first.claimed) return { kind: "new" };
-  if (first.fingerprint !== key.fingerprint) throw requestIdReused(key.requestId);
-  return { kind: "replay", response: new Uint8Array(first.response) };
+  const { rows } = await prepared(sql<ClaimRow>`WITH ${claimCte(key, EMPTY)} ${claimOutcome(key)}`).execute(keys);
+  return settleClaim(keys, key, rows);
 }
 
-async function readRequestId(keys: Transaction<IdempotencyTables>, key: RequestKey) {
+/**
+ * A keyed write in one round trip: the claim, the effect and the stored response are one
+ * autocommitted statement, where `runIdempotent` takes three (claim, effect, response with
+ * COMMIT). For effects that are one statement's inserts (a row and its outbox event, say)
+ * whose response is known before they run, because the caller chose every column.
+ *
+ * `effect(claim)` gives the statement's data-modifying CTEs (`name AS (…), …`), each taking
+ * its rows from `claim`: one row when the id is new (or no id was given), none otherwise, so a
+ * replay or a reused id writes nothing. The same rules as `claimRequestId` otherwise.
+ */
+export async function insertOnce<DB>(db: Kysely<DB>, key: RequestKey, response: Uint8Array, effect: (claim: RawBuilder<unknown>) => RawBuilder<unknown>): Promise<RequestClaim> {
+  const keys = db as unknown as Kysely<IdempotencyTables>;
+  const claim = sql.raw("claim");
+  if (!key.requestId) {
+    await prepared(sql`WITH claim AS (SELECT true AS claimed), ${effect(claim)} SELECT claimed FROM claim`).execute(keys);
+    return { kind: "new" };
+  }
+  const { rows } = await prepared(sql<ClaimRow>`WITH ${claimCte(key, response)}, ${effect(claim)} ${claimOutcome(key)}`).execute(keys);
+  return settleClaim(keys, key, rows);
+}
+
+async function readRequestId(keys: Kysely<IdempotencyTables>, key: RequestKey) {
   const row = await keys
     .selectFrom("idempotency_keys")
     .select(["fingerprint", "response"])

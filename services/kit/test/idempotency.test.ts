@@ -3,12 +3,13 @@ import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { StringValueSchema } from "@bufbuild/protobuf/wkt";
 import { sql, type Kysely, type Transaction } from "kysely";
+import pg from "pg";
 import { RedeemVoucherRequestSchema } from "../../../gen/vouch/voucher/v1/voucher_pb.js";
 import { createDb } from "../db.js";
 import { runMigrations } from "../migrate.js";
 import { createLogger } from "../log.js";
 import { createTestDatabase, type TestDatabase } from "../testing.js";
-import { fingerprintRequest, idempotencyMigration, requestIdViolation, runIdempotent, runOnce, startRequestIdPruning, type IdempotencyTables } from "../idempotency.js";
+import { fingerprintRequest, idempotencyMigration, insertOnce, requestIdViolation, runIdempotent, runOnce, startRequestIdPruning, type IdempotencyTables } from "../idempotency.js";
 import { reasonOf, toConnectError } from "../errors.js";
 
 interface DB extends IdempotencyTables {
@@ -110,6 +111,78 @@ describe("request ids (AIP-155)", () => {
     } finally {
       await pruning.stop();
     }
+  });
+
+  describe("insertOnce: claim, effect and stored response in one statement", () => {
+    /** Writes an effect row for `code` unless the request id was used; its response is the row's id. */
+    const noteCall = (code: string, requestId: string, caller = "user-1") => ({
+      operation: "InsertNote",
+      requestId,
+      caller,
+      fingerprint: fingerprintRequest(RedeemVoucherRequestSchema, redeem(code, requestId)),
+      responseSchema: StringValueSchema,
+    });
+    const insertNote = async (code: string, requestId: string, opts: { caller?: string; id?: string; on?: Kysely<DB> } = {}) => {
+      const caller = opts.caller ?? "user-1";
+      const id = opts.id ?? `${caller}:${requestId}:${Math.random()}`;
+      const claim = await insertOnce(opts.on ?? db, noteCall(code, requestId, caller), new TextEncoder().encode(id), (claimed) => sql`written AS (INSERT INTO effects (id, note) SELECT ${id}, ${code} FROM ${claimed})`);
+      return claim.kind === "new" ? id : new TextDecoder().decode(claim.response);
+    };
+    /** The messages `work` sends to Postgres, on a pool of its own opened with pg's real client watched. */
+    const messagesOf = async (work: (on: Kysely<DB>) => Promise<unknown>) => {
+      const query = pg.Client.prototype.query;
+      let sent = 0;
+      pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+        sent++;
+        return (query as (...a: unknown[]) => unknown).apply(this, args);
+      } as typeof query;
+      const own = createDb<DB>({ url: testDb.url, schema: "svc", max: 1 });
+      try {
+        await sql`SELECT 1`.execute(own); // connected (and its session set up) before counting
+        sent = 0;
+        await work(own);
+        return sent;
+      } finally {
+        pg.Client.prototype.query = query;
+        await own.destroy();
+      }
+    };
+
+    test("50 concurrent calls with one request id write once, and every one gets the first response", async () => {
+      const answers = await Promise.all(Array.from({ length: 50 }, () => insertNote("NOTE-A", "note-a")));
+      assert.equal(new Set(answers).size, 1, "one response for all");
+      assert.equal(await effects("NOTE-A"), 1);
+    });
+
+    test("a first call and its replay are one message to Postgres each, with no transaction around them", async () => {
+      assert.equal(await messagesOf((on) => insertNote("NOTE-B", "note-b", { on })), 1);
+      assert.equal(await messagesOf((on) => insertNote("NOTE-B", "note-b", { on })), 1);
+      assert.equal(await effects("NOTE-B"), 1);
+      // What it replaces: runIdempotent's claim, effect, and response with COMMIT.
+      assert.equal(await messagesOf((on) => runIdempotent(on, { ...noteCall("NOTE-B2", "note-b2"), run: async (trx) => (await trx.insertInto("effects").values({ id: "b2", note: "NOTE-B2" }).execute(), create(StringValueSchema, { value: "b2" })) })), 3);
+    });
+
+    test("the same id with another request is REQUEST_ID_REUSED and writes nothing; a failed effect keeps the id free", async () => {
+      await insertNote("NOTE-C", "note-c");
+      const err = await insertNote("NOTE-OTHER", "note-c").then(() => undefined, (e: unknown) => e);
+      assert.equal(reasonOf(toConnectError(err, "test")), "REQUEST_ID_REUSED");
+      assert.equal(await effects("NOTE-OTHER"), 0);
+
+      // An effect that fails (its row's key is taken) takes the claim down with it.
+      const taken = await insertNote("NOTE-D", "note-d-1");
+      await assert.rejects(insertNote("NOTE-D", "note-d-2", { id: taken }), /duplicate key/);
+      assert.equal(await insertNote("NOTE-D", "note-d-2", { id: "note-d-2-retry" }), "note-d-2-retry");
+      assert.equal(await effects("NOTE-D"), 2);
+    });
+
+    test("request ids are scoped per caller, and an empty id writes every time", async () => {
+      await insertNote("NOTE-E", "note-e", { caller: "user-1" });
+      await insertNote("NOTE-E", "note-e", { caller: "user-2" });
+      assert.equal(await effects("NOTE-E"), 2);
+      await insertNote("NOTE-F", "");
+      await insertNote("NOTE-F", "");
+      assert.equal(await effects("NOTE-F"), 2);
+    });
   });
 
   test("a request id is at most 64 characters, and required only where the rpc says so", () => {
