@@ -2,7 +2,7 @@
 // policies (authenticated, admin) are declared in provider.proto and enforced by the shared
 // interceptor before any of these run; ownership ("a customer sees only their own
 // requests") is checked here.
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter, HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { Kysely } from "kysely";
@@ -28,7 +28,7 @@ import { isFinal, type RequestState } from "./domain/states.js";
 import { CHANNEL_FROM_PROTO, CHANNEL_TO_PROTO, codeRequestedRow, STATUS_TO_PROTO } from "./events.js";
 import { decodePageToken, page, pageSize } from "../kit/paging.js";
 import type { SmsSender } from "./sms.js";
-import { getCodeRequest, insertCodeRequest, listCodeRequests, type CodeRequestRow } from "./store/requests.js";
+import { getCodeRequest, insertCodeRequest, insertCodeRequestOnce, listCodeRequests, newCodeRequest, type CodeRequestRow } from "./store/requests.js";
 import type { ProviderDB } from "./store/schema.js";
 import { listSentSms } from "./store/sms.js";
 
@@ -135,17 +135,12 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
       // number, can do it (RESOURCE_EXHAUSTED / RATE_LIMITED with RetryInfo).
       await deps.limits?.perUser?.enforce(caller.subject);
       await deps.limits?.perPhoneNumber?.enforce(phoneNumber!);
-      return runIdempotent(db, {
-        operation: "RequestCode",
-        requestId: req.requestId,
-        caller: caller.subject,
-        fingerprint: fingerprintRequest(RequestCodeRequestSchema, req),
-        responseSchema: RequestCodeResponseSchema,
-        run: async (trx) => {
-          const row = await insertCodeRequest(trx, { userId: caller.subject, phoneNumber: phoneNumber!, channel: channel!, deadlineMs: deps.requestDeadlineMs }, codeRequestedRow);
-          return create(RequestCodeResponseSchema, { codeRequest: codeRequestToProto(row) });
-        },
-      });
+      // The request, its event and the response for replays: one statement, one round trip.
+      const row = newCodeRequest({ userId: caller.subject, phoneNumber: phoneNumber!, channel: channel!, deadlineMs: deps.requestDeadlineMs });
+      const response = create(RequestCodeResponseSchema, { codeRequest: codeRequestToProto(row) });
+      const key = { operation: "RequestCode", requestId: req.requestId, caller: caller.subject, fingerprint: fingerprintRequest(RequestCodeRequestSchema, req) };
+      const claim = await insertCodeRequestOnce(db, key, row, codeRequestedRow(row), toBinary(RequestCodeResponseSchema, response));
+      return claim.kind === "replay" ? fromBinary(RequestCodeResponseSchema, claim.response) : response;
     },
 
     async getCodeRequest(req, ctx) {

@@ -4,7 +4,8 @@
 // Times are clock_timestamp(), not now(): the worker's transaction starts before its
 // provider call, and "received at" is when the answer came, not when the call began (the
 // moves that receive a code take that instant from the caller, which also puts it in the event).
-import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
+import { sql, type Kysely, type RawBuilder, type Selectable, type Transaction } from "kysely";
+import { insertOnce, type RequestClaim, type RequestKey } from "../../kit/idempotency.js";
 import type { OutboxRow } from "../../kit/events/index.js";
 import { lastInTransaction, prepared } from "../../kit/db.js";
 import { newId } from "../../kit/ids.js";
@@ -90,26 +91,71 @@ export interface NewRequestFacts {
   createdAt: Date;
 }
 
+/**
+ * A new pending request as it will be stored: every column is chosen here (none left to a
+ * default), so its response can be made before it is written.
+ */
+export function newCodeRequest(input: NewCodeRequest): CodeRequestRow {
+  const createdAt = new Date();
+  return {
+    id: newId(),
+    userId: input.userId,
+    phoneNumber: input.phoneNumber,
+    channel: input.channel,
+    state: "pending",
+    statusMessage: STATUS_MESSAGES.pending,
+    code: null,
+    providerStatus: null,
+    codeChallenge: null,
+    callbackFingerprint: null,
+    retryOfId: input.retryOfId ?? null,
+    attemptCount: 0,
+    lastError: null,
+    failureMessage: null,
+    createdAt,
+    updatedAt: createdAt,
+    acknowledgedAt: null,
+    receivedAt: null,
+    deliveredAt: null,
+    expireAt: new Date(createdAt.getTime() + input.deadlineMs),
+  };
+}
+
+/**
+ * The CTEs `inserted` and `announced`, which write `row` (as `newCodeRequest` made it) and its
+ * event `announce`; with `source`, once per row of it (one row: written, none: nothing).
+ */
+function insertRequestCtes(row: CodeRequestRow, announce: OutboxRow, source?: RawBuilder<unknown>) {
+  const values = sql`${row.id}, ${row.userId}, ${row.phoneNumber}, ${row.channel}, ${row.state}, ${row.statusMessage}, ${row.retryOfId},
+              ${row.attemptCount}, ${row.createdAt}::timestamptz, ${row.updatedAt}::timestamptz, ${row.expireAt}::timestamptz`;
+  return sql`inserted AS (
+      INSERT INTO code_requests (id, user_id, phone_number, channel, state, status_message, retry_of_id, attempt_count, created_at, updated_at, expire_at)
+      ${source ? sql`SELECT ${values} FROM ${source}` : sql`VALUES (${values})`}
+      RETURNING id
+    ), announced AS (
+      INSERT INTO outbox (id, subject, payload, headers)
+      SELECT ${announce.id}, ${announce.subject}, ${announce.payload}, ${announce.headers}::jsonb FROM inserted
+    )`;
+}
+
 /** Writes a new pending request and, in the same statement, `announce(request)` to the outbox. */
 export async function insertCodeRequest(
   trx: Transaction<ProviderDB>,
   input: NewCodeRequest,
   announce: (request: NewRequestFacts) => OutboxRow,
 ): Promise<CodeRequestRow> {
-  const facts: NewRequestFacts = { id: newId(), userId: input.userId, phoneNumber: input.phoneNumber, channel: input.channel, createdAt: new Date() };
-  const event = announce(facts);
-  const { rows } = await prepared(sql<Selectable<CodeRequestsTable>>`
-    WITH inserted AS (
-      INSERT INTO code_requests (id, user_id, phone_number, channel, status_message, retry_of_id, created_at, expire_at)
-      VALUES (${facts.id}, ${facts.userId}, ${facts.phoneNumber}, ${facts.channel}, ${STATUS_MESSAGES.pending}, ${input.retryOfId ?? null},
-              ${facts.createdAt}, ${new Date(facts.createdAt.getTime() + input.deadlineMs)})
-      RETURNING ${COLUMNS}
-    ), announced AS (
-      INSERT INTO outbox (id, subject, payload, headers)
-      SELECT ${event.id}, ${event.subject}, ${event.payload}, ${event.headers}::jsonb FROM inserted
-    )
-    SELECT * FROM inserted`).execute(trx);
-  return toRow(rows[0]);
+  const row = newCodeRequest(input);
+  await prepared(sql`WITH ${insertRequestCtes(row, announce(row))} SELECT id FROM inserted`).execute(trx);
+  return row;
+}
+
+/**
+ * RequestCode's write, in one autocommitted statement (`insertOnce`): claims the request id
+ * `key`, writes `row` and its event `announce`, and stores `response` for replays. A replay,
+ * or the id used with another request (REQUEST_ID_REUSED), writes nothing.
+ */
+export function insertCodeRequestOnce(db: Kysely<ProviderDB>, key: RequestKey, row: CodeRequestRow, announce: OutboxRow, response: Uint8Array): Promise<RequestClaim> {
+  return insertOnce(db, key, response, (claim) => insertRequestCtes(row, announce, claim));
 }
 
 export async function getCodeRequest(db: Db, id: string): Promise<CodeRequestRow | undefined> {
