@@ -14,7 +14,7 @@ import { acceptCallback } from "../callback.js";
 import { s256Challenge, verifierMatches, verifierProblem } from "../domain/pkce.js";
 import { EDGES, FINAL_STATES, MOVES, type RequestState } from "../domain/states.js";
 import { codeReceivedRow, codeRequestedRow } from "../events.js";
-import { acknowledge, endOverdueRequests, insertCodeRequest, receiveInlineCode } from "../store/requests.js";
+import { acknowledge, endOverdueRequests, getCodeRequest, insertCodeRequest, receiveInlineCode } from "../store/requests.js";
 import { providerMigrations, type ProviderDB } from "../store/schema.js";
 
 let testDb: TestDatabase;
@@ -117,6 +117,11 @@ describe("code request states", () => {
     assert.equal(new Set(all.map((r) => r.id)).size, ids.length);
     const states = await db.selectFrom("code_requests").select(["id", "state"]).where("id", "in", ids).execute();
     for (const s of states) assert.equal(s.state, ids.indexOf(s.id) % 2 ? "expired" : "failed");
+  });
+
+  test("a new request is stored exactly as newCodeRequest made it, so RequestCode's answer, made before the write, is the row", async () => {
+    const made = await newRequest();
+    assert.deepEqual(await getCodeRequest(db, made.id), made);
   });
 
   test("the table refuses a succeeding state without a code, an acknowledgement without a challenge, and an unknown state", async () => {
