@@ -210,8 +210,8 @@ describe("transactional outbox", () => {
     const INTERVAL_MS = 1_500;
     // No polling to fall back on: only the trigger's NOTIFY can wake this relay.
     relay({ db, schema, subjectPrefix, registry, pollMs: 60_000, batchIntervalMs: INTERVAL_MS });
-    // The listener is connected, and the relay's first (empty) batch at start is an interval old.
-    await new Promise((r) => setTimeout(r, INTERVAL_MS + 100));
+    // The listener is connected, and the relay's first (empty) batch at start is over an interval old.
+    await new Promise((r) => setTimeout(r, 2 * INTERVAL_MS));
 
     const started = performance.now();
     await enqueueBatch(db, ["after a quiet spell"]);
