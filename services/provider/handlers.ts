@@ -229,8 +229,8 @@ export function createProviderHandlers(deps: ProviderHandlerDeps): ServiceImpl<t
           if (gateway.state() === "open") {
             throw unavailable("PROVIDER_UNAVAILABLE", "the voucher provider is failing; the circuit breaker is open", gateway.retryAfterMs());
           }
-          const retry = { userId: failed.userId, phoneNumber: failed.phoneNumber, channel: failed.channel, retryOfId: failed.id, deadlineMs: deps.requestDeadlineMs };
-          const row = await insertCodeRequest(trx, retry, codeRequestedRow);
+          const row = newCodeRequest({ userId: failed.userId, phoneNumber: failed.phoneNumber, channel: failed.channel, retryOfId: failed.id, deadlineMs: deps.requestDeadlineMs });
+          await insertCodeRequest(trx, row, codeRequestedRow(row));
           return create(RetryCodeRequestResponseSchema, { codeRequest: codeRequestToProto(row) });
         },
       });

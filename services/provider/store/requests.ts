@@ -138,15 +138,9 @@ function insertRequestCtes(row: CodeRequestRow, announce: OutboxRow, source?: Ra
     )`;
 }
 
-/** Writes a new pending request and, in the same statement, `announce(request)` to the outbox. */
-export async function insertCodeRequest(
-  trx: Transaction<ProviderDB>,
-  input: NewCodeRequest,
-  announce: (request: NewRequestFacts) => OutboxRow,
-): Promise<CodeRequestRow> {
-  const row = newCodeRequest(input);
-  await prepared(sql`WITH ${insertRequestCtes(row, announce(row))} SELECT id FROM inserted`).execute(trx);
-  return row;
+/** Writes `row` (as `newCodeRequest` made it) and, in the same statement, its event `announce`. */
+export async function insertCodeRequest(trx: Transaction<ProviderDB>, row: CodeRequestRow, announce: OutboxRow): Promise<void> {
+  await prepared(sql`WITH ${insertRequestCtes(row, announce)} SELECT id FROM inserted`).execute(trx);
 }
 
 /**

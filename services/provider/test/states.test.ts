@@ -14,7 +14,7 @@ import { acceptCallback } from "../callback.js";
 import { s256Challenge, verifierMatches, verifierProblem } from "../domain/pkce.js";
 import { EDGES, FINAL_STATES, MOVES, type RequestState } from "../domain/states.js";
 import { codeReceivedRow, codeRequestedRow } from "../events.js";
-import { acknowledge, endOverdueRequests, getCodeRequest, insertCodeRequest, receiveInlineCode } from "../store/requests.js";
+import { acknowledge, endOverdueRequests, getCodeRequest, insertCodeRequest, newCodeRequest, receiveInlineCode } from "../store/requests.js";
 import { providerMigrations, type ProviderDB } from "../store/schema.js";
 
 let testDb: TestDatabase;
@@ -32,9 +32,9 @@ after(async () => {
 
 let n = 0;
 async function newRequest(deadlineMs = 60_000) {
-  return db.transaction().execute((trx) =>
-    insertCodeRequest(trx, { userId: "u", phoneNumber: `+849090${String(n++).padStart(5, "0")}`, channel: "web", deadlineMs }, codeRequestedRow),
-  );
+  const row = newCodeRequest({ userId: "u", phoneNumber: `+849090${String(n++).padStart(5, "0")}`, channel: "web", deadlineMs });
+  await db.transaction().execute((trx) => insertCodeRequest(trx, row, codeRequestedRow(row)));
+  return row;
 }
 
 const VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
