@@ -4,7 +4,7 @@ import { CodeReceivedSchema, CodeRequestedSchema } from "../../gen/vouch/events/
 import { DeliveryChannel, ProviderCodeStatus } from "../../gen/vouch/type/v1/provider_code_pb.js";
 import { outboxRow, type OutboxRow } from "../kit/events/index.js";
 import type { Channel, ProviderStatus } from "./domain/states.js";
-import type { NewRequestFacts } from "./store/requests.js";
+import type { CodeRequestRow } from "./store/requests.js";
 
 /**
  * Seed 002's `request-code` and `receive-code` topics, and the voucher service's word that
@@ -28,7 +28,7 @@ export const STATUS_TO_PROTO: Record<ProviderStatus, ProviderCodeStatus> = {
 };
 
 /** The `code_requested` outbox row of a request about to be written (in the same statement). */
-export function codeRequestedRow(r: NewRequestFacts): OutboxRow {
+export function codeRequestedRow(r: CodeRequestRow): OutboxRow {
   return outboxRow({
     subject: SUBJECTS.codeRequested,
     schema: CodeRequestedSchema,

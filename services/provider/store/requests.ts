@@ -82,15 +82,6 @@ export interface NewCodeRequest {
   deadlineMs: number;
 }
 
-/** What is known of a request before it is written: what its `code_requested` event says. */
-export interface NewRequestFacts {
-  id: string;
-  userId: string;
-  phoneNumber: string;
-  channel: Channel;
-  createdAt: Date;
-}
-
 /**
  * A new pending request as it will be stored: every column is chosen here (none left to a
  * default), so its response can be made before it is written.
